@@ -1,0 +1,34 @@
+# diffscale: `make demo` and `make test` are the two commands of the quick start.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint format clean
+
+# The venv is rebuilt when the project's dependencies change.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/diffscale run configs/quickstart.yaml
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check suite workloads analysis tests
+	$(BIN)/ruff format --check suite workloads analysis tests
+
+format: $(STAMP)
+	$(BIN)/ruff format suite workloads analysis tests
+	$(BIN)/ruff check --fix suite workloads analysis tests
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

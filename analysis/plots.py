@@ -1,0 +1,204 @@
+"""Figures of the runs table (as given by `analysis.tables`); each function writes one PNG.
+
+Figures are built on matplotlib's Agg canvas directly, not through pyplot: no global figure
+state, no display needed, safe to call from a CLI on a headless machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
+
+BASELINE_STRATEGY = "none"
+_LINESTYLES = ("-", "--", "-.", ":")
+_DPI = 120
+
+
+def _ok_runs(df: pd.DataFrame) -> pd.DataFrame:
+    ok = df[(df["status"] == "ok").fillna(False) & df["latency_s"].notna()]
+    return ok.copy()
+
+
+def _case_labels(ok: pd.DataFrame) -> pd.Series:
+    """Workload name, plus size / steps / batch where they vary within that workload."""
+    parts = {
+        "size": ok["height"].astype(str) + "x" + ok["width"].astype(str),
+        "steps": ok["steps"].astype(str) + " steps",
+        "batch": "batch " + ok["batch"].astype(str),
+    }
+    label = ok["workload"].astype(str)
+    for part in parts.values():
+        varies = part.groupby(ok["workload"]).transform("nunique") > 1
+        label = label.where(~varies, label + " " + part)
+    return label
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(out, dpi=_DPI, bbox_inches="tight")
+    return out
+
+
+def _empty(title: str, path: str | Path) -> Path:
+    fig = Figure(figsize=(6, 2.5))
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, "no ok runs", ha="center", va="center", fontsize=14, color="grey")
+    return _save(fig, path)
+
+
+def plot_latency_vs_world(df: pd.DataFrame, path: str | Path) -> Path:
+    """Latency (s) against world size, one line per workload x strategy; returns `path`.
+
+    Every line starts at its workload's single-rank baseline (strategy 'none'); a dotted line
+    shows ideal scaling (baseline / world size). Where several runs share a world size (other
+    degrees, repeated sweeps) the fastest is drawn.
+    """
+    title = "Denoising latency vs world size (measured)"
+    ok = _ok_runs(df)
+    if ok.empty:
+        return _empty(title, path)
+    ok["_case"] = _case_labels(ok)
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    is_base = ((ok["strategy"] == BASELINE_STRATEGY) & (ok["world_size"] == 1)).fillna(False)
+    several = ok.groupby(["_case", "strategy", "world_size"])["latency_s"].size().max() > 1
+    # One colour per strategy across workloads; workloads differ by line style.
+    strategies = sorted(set(ok["strategy"].dropna()) - {BASELINE_STRATEGY})
+    colors = {st: f"C{k % 10}" for k, st in enumerate(strategies)}
+    colors[BASELINE_STRATEGY] = "dimgrey"
+    base_labelled = ideal_labelled = False
+    for i, (case, rows) in enumerate(ok.groupby("_case", sort=True)):
+        style = _LINESTYLES[i % len(_LINESTYLES)]
+        base_rows = rows[is_base[rows.index]]
+        base = base_rows["latency_s"].min() if not base_rows.empty else np.nan
+        others = rows[~is_base[rows.index]]
+        for strategy, runs in others.groupby("strategy", sort=True):
+            best = runs.groupby("world_size")["latency_s"].min()
+            if not np.isnan(base) and 1 not in best.index:
+                best = pd.concat([pd.Series({1: base}), best])
+            best = best.sort_index()
+            ax.plot(
+                best.index.astype(float),
+                best.to_numpy(float),
+                style,
+                color=colors[strategy],
+                marker="o",
+                label=f"{case} | {strategy}",
+            )
+        if not np.isnan(base):
+            ax.plot(
+                [1],
+                [base],
+                "*",
+                color="black",
+                markersize=12,
+                label=None if base_labelled else "baseline (strategy none, 1 rank)",
+            )
+            base_labelled = True
+            if not others.empty:
+                ws = np.array(sorted({1, *others["world_size"].astype(int)}), dtype=float)
+                ax.plot(
+                    ws,
+                    base / ws,
+                    ":",
+                    color="grey",
+                    label=None if ideal_labelled else "ideal (baseline / world size)",
+                )
+                ideal_labelled = True
+    worlds = sorted(int(w) for w in ok["world_size"].unique())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(worlds, [str(w) for w in worlds])
+    ax.xaxis.set_minor_locator(NullLocator())
+    lat = ok["latency_s"].to_numpy(float)
+    # Workloads of very different cost would flatten each other on a linear axis.
+    if lat.min() > 0 and lat.max() / lat.min() > 20:
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)
+    ax.set_xlabel("world size (ranks, log2 scale)")
+    ax.set_ylabel("latency_s: median denoising loop [s]")
+    ax.set_title(title + ("\nfastest run per world size shown" if several else ""))
+    ax.grid(True, alpha=0.3)
+    n_entries = len(ax.get_legend_handles_labels()[1])
+    if n_entries > 8:
+        fig.legend(fontsize="small", loc="outside right upper")
+    else:
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _run_labels(ok: pd.DataFrame) -> list[str]:
+    labels = []
+    for _, r in ok.iterrows():
+        text = f"{r['workload']} {r['height']}x{r['width']} | {r['strategy']} w{r['world_size']}"
+        degrees = r.get("degrees")
+        # 'data w2 [data=2]' says nothing new; hybrids need their degrees spelled out.
+        if isinstance(degrees, str) and degrees and degrees != f"{r['strategy']}={r['world_size']}":
+            text += f" [{degrees}]"
+        labels.append(text)
+    return labels
+
+
+def _breakdown_panel(ax: Axes, runs: pd.DataFrame) -> None:
+    exposed = runs["exposed_comm_s"].fillna(0.0).to_numpy(float)
+    compute = runs["compute_s"].to_numpy(float)
+    compute = np.where(np.isnan(compute), runs["step_s"].to_numpy(float) - exposed, compute)
+    compute = np.nan_to_num(compute)
+    overlapped = np.clip(runs["comm_s"].fillna(0.0).to_numpy(float) - exposed, 0.0, None)
+    y = np.arange(len(runs))
+    ax.barh(y - 0.12, compute, height=0.5, color="tab:blue", label="compute_s")
+    ax.barh(y - 0.12, exposed, height=0.5, left=compute, color="tab:red", label="exposed_comm_s")
+    ax.barh(
+        y + 0.3,
+        overlapped,
+        height=0.22,
+        facecolor="white",
+        edgecolor="tab:red",
+        hatch="////",
+        label="overlapped comm (comm_s - exposed_comm_s, hidden by compute)",
+    )
+    ax.set_yticks(y, _run_labels(runs), fontsize="small")
+    ax.set_ylim(len(runs) - 0.4, -0.6)  # first run on top, no empty margin
+    ax.margins(x=0.04)
+    ax.grid(True, axis="x", alpha=0.3)
+
+
+def plot_breakdown(df: pd.DataFrame, path: str | Path) -> Path:
+    """Per-step time (s) of each ok run: compute + exposed comm stacked, overlapped comm hatched.
+
+    Overlapped comm (comm_s - exposed_comm_s) ran while the rank computed, so it is drawn as a
+    thinner hatched bar under the stack rather than added to it. One panel per workload, each
+    with its own time axis (workloads differ in cost by orders of magnitude). Returns `path`.
+    """
+    title = "Per-step breakdown (measured, mean over ranks)"
+    ok = _ok_runs(df)
+    if ok.empty:
+        return _empty(title, path)
+    # Baseline first within each workload, as in the report's table.
+    ok["_not_base"] = ok["strategy"] != BASELINE_STRATEGY
+    order = ["workload", "height", "width", "steps", "_not_base", "strategy", "world_size"]
+    ok = ok.sort_values(order, kind="stable")
+    groups = [g for _, g in ok.groupby("workload", sort=True)]
+    sizes = [len(g) for g in groups]
+    # Height grows with the number of runs so labels never overlap.
+    height = 0.42 * len(ok) + 1.1 * len(groups) + 1.2
+    fig = Figure(figsize=(8, max(3.0, height)), layout="constrained")
+    axes = fig.subplots(len(groups), 1, squeeze=False, height_ratios=sizes)[:, 0]
+    for ax, runs in zip(axes, groups, strict=True):
+        _breakdown_panel(ax, runs)
+        ax.set_title(str(runs["workload"].iloc[0]), fontsize="medium", loc="left")
+    axes[-1].set_xlabel("time per denoising step [s]")
+    fig.suptitle(title)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize="small", loc="outside lower center", ncols=2)
+    return _save(fig, path)

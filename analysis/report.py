@@ -1,0 +1,306 @@
+"""The HTML / Markdown report of a store: where it was measured, results, plots, failures."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import plots
+from analysis.fmt import fmt_fixed, fmt_int, fmt_mb, fmt_sig, fmt_text, is_missing
+from analysis.render import (
+    Block,
+    Code,
+    Heading,
+    Image,
+    KeyValues,
+    Para,
+    Table,
+    to_html,
+    to_markdown,
+)
+from analysis.tables import (
+    comm_by_op,
+    load_runs,
+    open_store,
+    read_table,
+    readable_json,
+    with_speedup,
+)
+from suite import schema
+from suite.results import ResultStore
+
+_DOCS = {c.name: c.doc for c in schema.RUNS}
+_ERROR_LINES = 6
+
+# Results-table columns: (header, explanation for the Columns section).
+RESULT_COLUMNS: list[tuple[str, str]] = [
+    ("experiment", _DOCS["experiment"]),
+    ("workload", _DOCS["workload"]),
+    ("height x width", "image size in pixels"),
+    ("steps", _DOCS["steps"]),
+    ("strategy", _DOCS["strategy"]),
+    ("degrees", "degree per mesh axis, axis=degree"),
+    ("world_size", _DOCS["world_size"]),
+    ("latency_s", _DOCS["latency_s"] + " [s]"),
+    ("latency_min_max_s", "fastest - slowest timed loop (latency_min_s - latency_max_s) [s]"),
+    (
+        "speedup",
+        "latency_s of the baseline / latency_s; the baseline is the ok run with strategy "
+        "'none' on 1 rank with the same workload, size, steps, batch, scheduler, guidance, dtype, "
+        "device, threads_per_rank and seed",
+    ),
+    ("efficiency_pct", "100 * speedup / world_size [%]"),
+    ("step_s", _DOCS["step_s"] + " [s]"),
+    ("compute_s", _DOCS["compute_s"] + " [s per step]"),
+    ("exposed_comm_s", _DOCS["exposed_comm_s"] + " [s]"),
+    ("overlap_pct", _DOCS["overlap_pct"] + " [%]"),
+    ("comm_mb_per_step", "comm_bytes_per_step / 10^6: " + _DOCS["comm_bytes_per_step"]),
+    ("peak_mem_mb", "peak_mem_bytes / 10^6: " + _DOCS["peak_mem_bytes"]),
+    ("param_mb_per_rank", "param_bytes_per_rank / 10^6: " + _DOCS["param_bytes_per_rank"]),
+    ("status", _DOCS["status"]),
+]
+_TEXT_COLUMNS = {"experiment", "workload", "height x width", "strategy", "degrees", "status"}
+
+
+def _ordered(runs: pd.DataFrame) -> pd.DataFrame:
+    # Baseline first within each workload, then strategies by name, then by world size.
+    key = runs.assign(_not_base=runs["strategy"] != "none")
+    cols = ["experiment", "workload", "height", "width", "steps", "_not_base", "strategy"]
+    key = key.sort_values([*cols, "world_size", "degrees"], kind="stable", na_position="last")
+    return runs.loc[key.index].reset_index(drop=True)
+
+
+def _result_row(r: pd.Series) -> dict[str, str]:
+    lo, hi = r["latency_min_s"], r["latency_max_s"]
+    return {
+        "experiment": fmt_text(r["experiment"]),
+        "workload": fmt_text(r["workload"]),
+        "height x width": f"{fmt_int(r['height'])}x{fmt_int(r['width'])}",
+        "steps": fmt_int(r["steps"]),
+        "strategy": fmt_text(r["strategy"]),
+        "degrees": fmt_text(r["degrees"]),
+        "world_size": fmt_int(r["world_size"]),
+        "latency_s": fmt_sig(r["latency_s"]),
+        "latency_min_max_s": "-"
+        if is_missing(lo) and is_missing(hi)
+        else f"{fmt_sig(lo)}-{fmt_sig(hi)}",
+        "speedup": fmt_fixed(r["speedup"], 2),
+        "efficiency_pct": fmt_fixed(r["efficiency_pct"], 1),
+        "step_s": fmt_sig(r["step_s"]),
+        "compute_s": fmt_sig(r["compute_s"]),
+        "exposed_comm_s": fmt_sig(r["exposed_comm_s"]),
+        "overlap_pct": fmt_fixed(r["overlap_pct"], 1),
+        "comm_mb_per_step": fmt_mb(r["comm_bytes_per_step"]),
+        "peak_mem_mb": fmt_mb(r["peak_mem_bytes"]),
+        "param_mb_per_rank": fmt_mb(r["param_bytes_per_rank"]),
+        "status": fmt_text(r["status"]),
+    }
+
+
+def _distinct(values: pd.Series) -> str:
+    seen = [str(v) for v in values.dropna().unique() if str(v) != ""]
+    return "; ".join(seen) if seen else "not recorded"
+
+
+def _measured_on(runs: pd.DataFrame) -> list[Block]:
+    created = runs["created_at"].dropna()
+    span = "not recorded" if created.empty else f"{created.min()} to {created.max()}"
+    if not created.empty and created.min() == created.max():
+        span = str(created.min())
+    pairs = [(c, _distinct(runs[c])) for c in ("host", "device", "backend", "world_mode")]
+    pairs += [
+        ("threads_per_rank", _distinct(runs["threads_per_rank"])),
+        ("versions", _distinct(runs["versions"].map(readable_json))),
+        ("git_commit", _distinct(runs["git_commit"])),
+        ("created_at (UTC)", span),
+    ]
+    blocks: list[Block] = [
+        Heading("Measured on"),
+        Para(
+            "All numbers in this report are MEASURED on the machine(s) below; none is "
+            "projected or simulated.",
+            strong=True,
+        ),
+        KeyValues(pairs),
+    ]
+    if (runs["world_mode"] == "fake").any():
+        blocks.append(
+            Para(
+                "Runs with world_mode 'fake' emulated each rank in one process: compute ran at the "
+                "real per-rank shapes, collectives were recorded but moved no data, so their "
+                "communication times do not time an interconnect."
+            )
+        )
+    return blocks
+
+
+def _results(runs: pd.DataFrame) -> tuple[list[Block], list[str]]:
+    headers = [h for h, _ in RESULT_COLUMNS]
+    if runs["experiment"].nunique(dropna=True) <= 1:
+        headers.remove("experiment")
+    cells = [_result_row(r) for _, r in runs.iterrows()]
+    rows = [[c[h] for h in headers] for c in cells]
+    right = {i for i, h in enumerate(headers) if h not in _TEXT_COLUMNS}
+    n_ok = int((runs["status"] == "ok").sum())
+    blocks: list[Block] = [
+        Heading("Results"),
+        Para(
+            f"Runs: {len(runs)} ({n_ok} ok, {len(runs) - n_ok} failed). "
+            "Times per denoising step unless the column says otherwise; '-' marks a missing "
+            "value. Columns are explained at the end."
+        ),
+        Table(headers, rows, right),
+    ]
+    return blocks, headers
+
+
+def _error_excerpt(text: object) -> str:
+    if is_missing(text) or not str(text).strip():
+        return "(no error text recorded)"
+    lines = str(text).strip().splitlines()
+    if len(lines) <= _ERROR_LINES:
+        return "\n".join(lines)
+    # A traceback's last line names the exception, so keep it after the head.
+    return "\n".join(
+        [*lines[:_ERROR_LINES], f"... ({len(lines) - _ERROR_LINES - 1} more lines)", lines[-1]]
+    )
+
+
+def _failures(runs: pd.DataFrame) -> list[Block]:
+    failed = runs[runs["status"] != "ok"]
+    blocks: list[Block] = [Heading("Failed runs")]
+    if failed.empty:
+        return [*blocks, Para("None.")]
+    for _, r in failed.iterrows():
+        what = f"{fmt_text(r['workload'])} | {fmt_text(r['strategy'])} w{fmt_int(r['world_size'])}"
+        if fmt_text(r["degrees"]) != "-":
+            what += f" [{r['degrees']}]"
+        blocks += [Para(f"{what} (run {fmt_text(r['run_id'])})"), Code(_error_excerpt(r["error"]))]
+    return blocks
+
+
+def _comm(store: ResultStore) -> list[Block]:
+    df = comm_by_op(store)
+    if df.empty:
+        return []
+    headers = [
+        "workload",
+        "strategy",
+        "world_size",
+        "op",
+        "axis",
+        "ranks",
+        "calls_per_step",
+        "mb_per_step",
+        "time_s",
+        "exposed_s",
+        "algbw_gb_per_s",
+    ]
+    rows = [
+        [
+            fmt_text(r["workload"]),
+            fmt_text(r["strategy"]),
+            fmt_int(r["world_size"]),
+            fmt_text(r["op"]),
+            fmt_text(r["axis"]),
+            fmt_int(r["ranks"]),
+            fmt_sig(r["calls_per_step"]),
+            fmt_mb(r["bytes_per_step"]),
+            fmt_sig(r["time_s"]),
+            fmt_sig(r["exposed_s"]),
+            fmt_sig(r["algbw_gb_per_s"]),
+        ]
+        for _, r in df.iterrows()
+    ]
+    return [
+        Heading("Communication by op"),
+        Para(
+            "Per timed step, mean over the ranks that issued the op. mb_per_step = payload "
+            "bytes / 10^6; algbw_gb_per_s = payload bytes / op time / 10^9."
+        ),
+        Table(headers, rows, right=set(range(5, len(headers))) | {2}),
+    ]
+
+
+def _fidelity(store: ResultStore, runs: pd.DataFrame) -> list[Block]:
+    df = store.table("fidelity")
+    if df.empty:
+        return []
+    df = df.merge(runs[["run_id", "workload", "strategy", "world_size"]], on="run_id", how="left")
+    headers = [
+        "workload",
+        "strategy",
+        "world_size",
+        "reference",
+        "metric",
+        "value",
+        "backbone",
+        "n_images",
+    ]
+    rows = [
+        [
+            fmt_text(r["workload"]),
+            fmt_text(r["strategy"]),
+            fmt_int(r["world_size"]),
+            fmt_text(r["reference"]),
+            fmt_text(r["metric"]),
+            fmt_sig(r["value"]),
+            fmt_text(r["backbone"]),
+            fmt_int(r["n_images"]),
+        ]
+        for _, r in df.iterrows()
+    ]
+    return [Heading("Fidelity"), Table(headers, rows, right={2, 5, 7})]
+
+
+def _columns(headers: list[str]) -> list[Block]:
+    docs = dict(RESULT_COLUMNS)
+    return [
+        Heading("Columns"),
+        Para("MB = 10^6 bytes. Per-step values are means over timed steps and ranks."),
+        Table(["column", "meaning"], [[h, docs[h]] for h in headers]),
+    ]
+
+
+def _experiment_names(runs: pd.DataFrame) -> list[str]:
+    return sorted(str(n) for n in runs["experiment"].dropna().unique())
+
+
+def default_report_dir(db_path: str | Path) -> Path:
+    """reports/<experiment> (names '+'-joined when the store holds several), relative to cwd."""
+    names = _experiment_names(read_table(db_path, "runs"))
+    # Experiment names become one path component: keep them filesystem-safe.
+    safe = [re.sub(r"[^A-Za-z0-9._+-]", "_", n) for n in names]
+    return Path("reports") / ("+".join(safe) or Path(db_path).resolve().parent.name)
+
+
+def write_report(db_path: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write out_dir/index.html, out_dir/index.md and their PNGs; returns (html, md) paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open_store(db_path) as store:
+        runs = _ordered(with_speedup(load_runs(store)))
+        names = _experiment_names(runs)
+        title = "diffscale report: " + (", ".join(names) or "empty store")
+        latency_png = plots.plot_latency_vs_world(runs, out / "latency_vs_world.png")
+        breakdown_png = plots.plot_breakdown(runs, out / "breakdown.png")
+        results, headers = _results(runs)
+        blocks: list[Block] = [
+            Heading(title, level=1),
+            Para(f"Store: {db_path}"),
+            *_measured_on(runs),
+            *results,
+            Heading("Plots"),
+            Image(latency_png.name, "latency vs world size"),
+            Image(breakdown_png.name, "per-step compute / communication breakdown"),
+            *_failures(runs),
+            *_comm(store),
+            *_fidelity(store, runs),
+            *_columns(headers),
+        ]
+    html_path, md_path = out / "index.html", out / "index.md"
+    html_path.write_text(to_html(blocks, title), encoding="utf-8")
+    md_path.write_text(to_markdown(blocks), encoding="utf-8")
+    return html_path, md_path

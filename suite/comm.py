@@ -1,0 +1,416 @@
+"""The comm ledger: every collective of every strategy goes through `Comm`, which logs it.
+
+One `CommEvent` per call: rank, step, layer, op, mesh axis, group size, payload bytes and four
+times: t_issue, t_done (the op finished), t_wait_start / t_wait_end (the caller was blocked).
+A blocking op's wait is its whole duration; an async op is waited on through its `Pending`
+handle, and only that wait counts as exposed.
+
+Payload bytes follow the nccl-tests "size" convention, so that bus-bandwidth factors and the
+alpha-beta formulas of analysis.projection apply unchanged: all_gather counts the gathered
+output, reduce_scatter its full input, all_reduce / all_to_all / broadcast the buffer, send and
+recv the message.
+
+Logging cost: records live in a pre-allocated numpy structured array (grown by doubling, rarely);
+on CPU, times are perf_counter readings and an async op's completion time comes from a callback
+on its future (no polling, no syncs). On CUDA, times are CUDA events on the current stream,
+resolved to seconds only when the runner synchronizes at a step's end; an async op's t_done is
+then its wait end (NCCL futures complete stream-ordered, not on the host), an upper bound.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from suite.mesh import AXES, ParallelMesh
+
+OPS: tuple[str, ...] = (
+    "all_gather",
+    "all_reduce",
+    "all_to_all",
+    "reduce_scatter",
+    "send",
+    "recv",
+    "broadcast",
+)
+
+EVENT_DTYPE = np.dtype(
+    [
+        ("repeat", np.int32),  # timed loop index; negative for warm-up loops
+        ("step", np.int32),  # step the op was issued in
+        ("wait_step", np.int32),  # step the caller waited in (exposed time is counted there)
+        ("layer", np.int32),  # index into Ledger.layers
+        ("op", np.int8),  # index into OPS
+        ("axis", np.int8),  # index into AXES
+        ("group_size", np.int16),
+        ("is_async", np.bool_),
+        ("nbytes", np.int64),
+        ("t_issue", np.float64),
+        ("t_done", np.float64),
+        ("t_wait_start", np.float64),
+        ("t_wait_end", np.float64),
+    ]
+)
+
+
+class Ledger:
+    """Per-rank record of collectives; the runner sets `repeat` and `step` as the loop advances."""
+
+    def __init__(
+        self, rank: int, *, cuda: bool = False, capacity: int = 4096, enabled: bool = True
+    ):
+        self.rank = rank
+        self.enabled = enabled
+        self.repeat = -1
+        self.step = 0
+        self.layers: list[str] = []
+        self._layer_ids: dict[str, int] = {}
+        self._events = np.zeros(capacity, dtype=EVENT_DTYPE)
+        self._count = 0
+        self._lock = threading.Lock()  # future callbacks write from the backend's thread
+        self._cuda = cuda
+        self._cuda_marks: list[tuple[int, str, torch.cuda.Event]] = []
+
+    # -- recording ---------------------------------------------------------------------------
+    def now(self) -> float:
+        return time.perf_counter()
+
+    def open(
+        self, op: str, axis: str, group_size: int, nbytes: int, layer: str, is_async: bool
+    ) -> int:
+        """Start an event and return its slot."""
+        with self._lock:
+            if self._count == len(self._events):
+                self._events = np.resize(self._events, 2 * len(self._events))
+            idx = self._count
+            self._count += 1
+            ev = self._events[idx]
+            ev["repeat"], ev["step"], ev["wait_step"] = self.repeat, self.step, self.step
+            ev["layer"] = self._layer_id(layer)
+            ev["op"], ev["axis"] = OPS.index(op), AXES.index(axis)
+            ev["group_size"], ev["is_async"], ev["nbytes"] = group_size, is_async, nbytes
+            ev["t_done"] = np.nan
+        self._stamp(idx, "t_issue")
+        return idx
+
+    def mark_done(self, idx: int) -> None:
+        """Completion callback of an async op (any thread)."""
+        t = self.now()
+        with self._lock:
+            self._events[idx]["t_done"] = t
+
+    def close_blocking(self, idx: int) -> None:
+        """A blocking op returned: it was done, and waited on, from issue to now."""
+        self._stamp(idx, "t_done")
+
+    def begin_wait(self, idx: int) -> None:
+        with self._lock:
+            self._events[idx]["wait_step"] = self.step
+        self._stamp(idx, "t_wait_start")
+
+    def end_wait(self, idx: int) -> None:
+        """The caller got an async op's result."""
+        self._stamp(idx, "t_wait_end")
+        if self._cuda:
+            self._stamp(idx, "t_done")
+        else:
+            with self._lock:
+                ev = self._events[idx]
+                # The callback may trail the wait by a few microseconds; never report an op as
+                # finishing after the caller already had its result.
+                if np.isnan(ev["t_done"]) or ev["t_done"] > ev["t_wait_end"]:
+                    ev["t_done"] = ev["t_wait_end"]
+
+    def _stamp(self, idx: int, field: str) -> None:
+        if self._cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._cuda_marks.append((idx, field, event))
+        else:
+            t = self.now()
+            with self._lock:
+                self._events[idx][field] = t
+
+    def resolve(self, ref_event: torch.cuda.Event | None = None, ref_time: float = 0.0) -> None:
+        """CUDA only: turn recorded events into seconds on the host clock.
+
+        Call after synchronizing; `ref_event` was recorded at host time `ref_time`.
+        """
+        if not self._cuda_marks:
+            return
+        for idx, field, event in self._cuda_marks:
+            self._events[idx][field] = ref_time + ref_event.elapsed_time(event) / 1e3
+        self._cuda_marks.clear()
+
+    def _layer_id(self, layer: str) -> int:
+        lid = self._layer_ids.get(layer)
+        if lid is None:
+            lid = self._layer_ids[layer] = len(self.layers)
+            self.layers.append(layer)
+        return lid
+
+    # -- reading -----------------------------------------------------------------------------
+    def events(self) -> np.ndarray:
+        """Copy of the recorded events (CUDA: call `resolve` first)."""
+        with self._lock:
+            ev = self._events[: self._count].copy()
+        blocking = ~ev["is_async"]  # its wait is exactly its duration
+        ev["t_wait_start"][blocking] = ev["t_issue"][blocking]
+        ev["t_wait_end"][blocking] = ev["t_done"][blocking]
+        return ev
+
+    def clear(self) -> None:
+        with self._lock:
+            self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+
+class Pending:
+    """Handle of an async collective; `wait()` blocks, logs the wait and returns the result."""
+
+    __slots__ = ("_work", "_ledger", "_idx", "_finish", "_result")
+
+    def __init__(self, work, ledger: Ledger | None, idx: int, finish: Callable[[], torch.Tensor]):
+        self._work, self._ledger, self._idx, self._finish = work, ledger, idx, finish
+        self._result: torch.Tensor | None = None
+
+    def wait(self) -> torch.Tensor:
+        if self._work is not None:
+            if self._ledger is not None:
+                self._ledger.begin_wait(self._idx)
+            self._work.wait()
+            if self._ledger is not None:
+                self._ledger.end_wait(self._idx)
+            self._work = None
+            self._result = self._finish()
+        return self._result
+
+
+class Done(Pending):
+    """An 'async' op that needed no communication (axis of degree 1)."""
+
+    def __init__(self, result: torch.Tensor):
+        super().__init__(None, None, -1, lambda: result)
+        self._result = result
+
+
+# torch 2.14 renamed the flat-buffer collectives; older releases only have the old names.
+_all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_flat = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """(n, *shape) -> (n * shape[0], *shape[1:]): the flat layout the backends take."""
+    return t.view(t.shape[0] * t.shape[1], *t.shape[2:]) if t.dim() > 1 else t
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class Comm:
+    """Collectives over the named axes of a `ParallelMesh`, each one logged in the ledger.
+
+    Every op takes `axis` (a mesh axis name) and `layer` (the module path, for the breakdown).
+    With `async_op=True` it returns a `Pending`; otherwise the result. On an axis of degree 1
+    every op is the identity and nothing is logged: there is no communication to count.
+    """
+
+    def __init__(self, mesh: ParallelMesh, ledger: Ledger):
+        self.mesh = mesh
+        self.ledger = ledger
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _issue(self, op, axis, nbytes, layer, async_op, launch, finish):
+        ledger = self.ledger if self.ledger.enabled else None
+        idx = -1
+        if ledger is not None:
+            idx = ledger.open(op, axis, self.mesh.size(axis), nbytes, layer, async_op)
+        work = launch(async_op)
+        if async_op:
+            if ledger is not None and not ledger._cuda:
+                try:
+                    work.get_future().add_done_callback(lambda _f: ledger.mark_done(idx))
+                except RuntimeError:
+                    pass  # backend without futures for this op: t_done becomes the wait end
+            return Pending(work, ledger, idx, finish)
+        if ledger is not None:
+            ledger.close_blocking(idx)
+        return finish()
+
+    @staticmethod
+    def _trivial(result: torch.Tensor, async_op: bool):
+        return Done(result) if async_op else result
+
+    # -- collectives -------------------------------------------------------------------------
+    def all_gather(
+        self,
+        x: torch.Tensor,
+        axis: str,
+        *,
+        dim: int = 0,
+        out: torch.Tensor | None = None,
+        layer: str = "",
+        async_op: bool = False,
+    ):
+        """Gather `x` from every rank of `axis`, concatenated along `dim` in axis-rank order.
+
+        With `out` (shape (n, *x.shape), e.g. a pre-allocated stale-activation buffer) the
+        ranks' tensors are stacked into it and `out` is returned instead.
+        """
+        n = self.mesh.size(axis)
+        if n == 1:
+            return self._trivial(x if out is None else out.copy_(x.unsqueeze(0)), async_op)
+        x = x.contiguous() if x.dim() else x.reshape(1)
+        buf = out if out is not None else x.new_empty((n, *x.shape))
+        group = self.mesh.group(axis)
+
+        def finish():
+            return buf if out is not None else torch.cat(buf.unbind(0), dim=dim)
+
+        return self._issue(
+            "all_gather",
+            axis,
+            _nbytes(buf),
+            layer,
+            async_op,
+            lambda a: _all_gather_flat(_flat(buf), x, group=group, async_op=a),
+            finish,
+        )
+
+    def all_reduce(self, x: torch.Tensor, axis: str, *, layer: str = "", async_op: bool = False):
+        """Sum `x` in place over `axis`."""
+        if self.mesh.size(axis) == 1:
+            return self._trivial(x, async_op)
+        group = self.mesh.group(axis)
+        return self._issue(
+            "all_reduce",
+            axis,
+            _nbytes(x),
+            layer,
+            async_op,
+            lambda a: dist.all_reduce(x, group=group, async_op=a),
+            lambda: x,
+        )
+
+    def all_to_all(
+        self,
+        x: torch.Tensor,
+        axis: str,
+        *,
+        scatter_dim: int,
+        gather_dim: int,
+        layer: str = "",
+        async_op: bool = False,
+    ):
+        """Split `x` into n chunks along `scatter_dim`, send chunk i to axis-rank i, and
+        concatenate the chunks received along `gather_dim` (the Ulysses re-layout)."""
+        n = self.mesh.size(axis)
+        if n == 1:
+            return self._trivial(x, async_op)
+        if x.shape[scatter_dim] % n:
+            raise ValueError(
+                f"all_to_all on axis '{axis}': dim {scatter_dim} of size {x.shape[scatter_dim]} "
+                f"does not split into {n} equal chunks"
+            )
+        send = torch.stack(x.chunk(n, dim=scatter_dim)).contiguous()
+        recv = torch.empty_like(send)
+        group = self.mesh.group(axis)
+        return self._issue(
+            "all_to_all",
+            axis,
+            _nbytes(send),
+            layer,
+            async_op,
+            lambda a: dist.all_to_all_single(recv, send, group=group, async_op=a),
+            lambda: torch.cat(recv.unbind(0), dim=gather_dim),
+        )
+
+    def reduce_scatter(
+        self, x: torch.Tensor, axis: str, *, dim: int = 0, layer: str = "", async_op: bool = False
+    ):
+        """Sum `x` over `axis` and keep this rank's chunk along `dim`."""
+        n = self.mesh.size(axis)
+        if n == 1:
+            return self._trivial(x, async_op)
+        if x.shape[dim] % n:
+            raise ValueError(
+                f"reduce_scatter on axis '{axis}': dim {dim} of size {x.shape[dim]} "
+                f"does not split into {n} equal chunks"
+            )
+        send = torch.stack(x.chunk(n, dim=dim)).contiguous()
+        recv = torch.empty_like(send[0])
+        group = self.mesh.group(axis)
+        return self._issue(
+            "reduce_scatter",
+            axis,
+            _nbytes(send),
+            layer,
+            async_op,
+            lambda a: _reduce_scatter_flat(recv, _flat(send), group=group, async_op=a),
+            lambda: recv,
+        )
+
+    def broadcast(
+        self, x: torch.Tensor, axis: str, *, src: int = 0, layer: str = "", async_op: bool = False
+    ):
+        """Overwrite `x` in place with axis-rank `src`'s tensor."""
+        if self.mesh.size(axis) == 1:
+            return self._trivial(x, async_op)
+        group, root = self.mesh.group(axis), self.mesh.global_ranks(axis)[src]
+        return self._issue(
+            "broadcast",
+            axis,
+            _nbytes(x),
+            layer,
+            async_op,
+            lambda a: dist.broadcast(x, src=root, group=group, async_op=a),
+            lambda: x,
+        )
+
+    def send(
+        self, x: torch.Tensor, axis: str, *, dst: int, layer: str = "", async_op: bool = False
+    ):
+        """Send `x` to axis-rank `dst` (point to point)."""
+        peer = self.mesh.global_ranks(axis)[dst]
+        x = x.contiguous()
+        group = self.mesh.group(axis)
+        return self._issue(
+            "send",
+            axis,
+            _nbytes(x),
+            layer,
+            async_op,
+            lambda a: _p2p(dist.isend, x, peer, group, a),
+            lambda: x,
+        )
+
+    def recv(
+        self, out: torch.Tensor, axis: str, *, src: int, layer: str = "", async_op: bool = False
+    ):
+        """Receive into `out` from axis-rank `src` (point to point)."""
+        peer = self.mesh.global_ranks(axis)[src]
+        group = self.mesh.group(axis)
+        return self._issue(
+            "recv",
+            axis,
+            _nbytes(out),
+            layer,
+            async_op,
+            lambda a: _p2p(dist.irecv, out, peer, group, a),
+            lambda: out,
+        )
+
+
+def _p2p(fn, tensor: torch.Tensor, peer: int, group, async_op: bool):
+    work = fn(tensor, peer, group=group)
+    if not async_op:
+        work.wait()
+    return work

@@ -1,0 +1,203 @@
+"""Turn the per-rank results of one run into the stored rows (runs, comm, rank_steps).
+
+Per-step numbers follow ARCHITECTURE.md's timing semantics: a collective's duration counts in
+the step that issued it, its blocked (exposed) time in the step that waited on it; the run-level
+columns are means over timed steps and over ranks; latency is per timed loop the slowest rank's
+wall time, median over loops.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import socket
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from suite.comm import OPS
+from suite.config import RunSpec
+from suite.mesh import AXES
+from suite.results import RunRecord
+from suite.runner import RankResult
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@cache
+def git_commit() -> str:
+    """The checkout's commit, '+dirty' when tracked files differ from it; 'unknown' outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+        if head.returncode:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD"], cwd=REPO, capture_output=True, timeout=10
+        ).returncode
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@cache
+def versions() -> str:
+    import diffusers
+
+    from suite import __version__
+
+    return json.dumps(
+        {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "numpy": np.__version__,
+            "diffscale": __version__,
+        },
+        sort_keys=True,
+    )
+
+
+def _spec_columns(spec: RunSpec) -> dict:
+    import workloads
+
+    return {
+        "run_id": spec.run_id,
+        "experiment": spec.experiment,
+        "config_hash": spec.config_hash,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "backend": spec.backend,
+        "world_mode": spec.world_mode,
+        "threads_per_rank": spec.threads_per_rank,
+        "workload": spec.workload,
+        "model": workloads.get_preset(spec.workload).model_class,
+        "height": spec.height,
+        "width": spec.width,
+        "steps": spec.steps,
+        "scheduler": spec.scheduler,
+        "guidance": spec.guidance,
+        "batch": spec.batch,
+        "seed": spec.seed,
+        "dtype": spec.dtype,
+        "strategy": spec.strategy,
+        "degrees": json.dumps(dict(spec.degrees)),
+        "options": json.dumps(dict(spec.options), default=str),
+        "world_size": spec.world_size,
+        "warmup_runs": spec.warmup_runs,
+        "repeats": spec.repeats,
+    }
+
+
+def failed_record(spec: RunSpec, error: str, output_dir: str = "") -> RunRecord:
+    """The row of a run that did not finish; its error text is kept."""
+    row = _spec_columns(spec) | {
+        "host": socket.gethostname(),
+        "device": spec.device,
+        "status": "failed",
+        "error": error,
+        "output_dir": output_dir,
+    }
+    return RunRecord(run=row)
+
+
+def step_table(result: RankResult) -> list[dict]:
+    """Per (repeat, step) times of one rank: step, comm, exposed comm, compute, bytes."""
+    ev, rows = result.events, []
+    duration = ev["t_done"] - ev["t_issue"]
+    blocked = ev["t_wait_end"] - ev["t_wait_start"]
+    for repeat, step, t_start, t_end in result.steps.tolist():
+        issued = (ev["repeat"] == repeat) & (ev["step"] == step)
+        waited = (ev["repeat"] == repeat) & (ev["wait_step"] == step)
+        step_s = t_end - t_start
+        exposed = float(blocked[waited].sum())
+        rows.append(
+            {
+                "rank": result.rank,
+                "repeat": repeat,
+                "step": step,
+                "step_s": step_s,
+                "comm_s": float(duration[issued].sum()),
+                "exposed_comm_s": exposed,
+                "compute_s": step_s - exposed,
+                "comm_bytes": float(ev["nbytes"][issued].sum()),
+                "peak_mem_bytes": result.peak_mem_bytes,
+            }
+        )
+    return rows
+
+
+def comm_table(result: RankResult, n_steps: int) -> list[dict]:
+    """Per (op, axis) totals of one rank, per timed step."""
+    ev, rows = result.events, []
+    duration = ev["t_done"] - ev["t_issue"]
+    blocked = ev["t_wait_end"] - ev["t_wait_start"]
+    for op_id, axis_id in sorted(set(zip(ev["op"].tolist(), ev["axis"].tolist(), strict=True))):
+        sel = (ev["op"] == op_id) & (ev["axis"] == axis_id)
+        rows.append(
+            {
+                "rank": result.rank,
+                "op": OPS[op_id],
+                "axis": AXES[axis_id],
+                "calls_per_step": int(sel.sum()) / n_steps,
+                "bytes_per_step": float(ev["nbytes"][sel].sum()) / n_steps,
+                "time_s": float(duration[sel].sum()) / n_steps,
+                "exposed_s": float(blocked[sel].sum()) / n_steps,
+            }
+        )
+    return rows
+
+
+def assemble(spec: RunSpec, results: list[RankResult], output_dir: str) -> RunRecord:
+    """The stored record of a finished run from every rank's result."""
+    results = sorted(results, key=lambda r: r.rank)
+    n_steps = spec.repeats * spec.steps
+    steps = [row | {"run_id": spec.run_id} for r in results for row in step_table(r)]
+    comm = [row | {"run_id": spec.run_id} for r in results for row in comm_table(r, n_steps)]
+
+    def mean_over_ranks(key: str) -> float:
+        per_rank = [np.mean([s[key] for s in steps if s["rank"] == r.rank]) for r in results]
+        return float(np.mean(per_rank))
+
+    loops = np.max(np.array([r.loop_s for r in results]), axis=0)  # slowest rank per loop
+    comm_s, exposed = mean_over_ranks("comm_s"), mean_over_ranks("exposed_comm_s")
+    row = _spec_columns(spec) | {
+        "host": results[0].host,
+        "device": results[0].device_name,
+        "warmup_steps": results[0].warmup_steps,
+        "latency_s": float(np.median(loops)),
+        "latency_min_s": float(loops.min()),
+        "latency_max_s": float(loops.max()),
+        "step_s": mean_over_ranks("step_s"),
+        "compute_s": mean_over_ranks("compute_s"),
+        "comm_s": comm_s,
+        "exposed_comm_s": exposed,
+        "overlap_pct": 100.0 * (1.0 - exposed / comm_s) if comm_s > 0 else None,
+        "comm_bytes_per_step": mean_over_ranks("comm_bytes"),
+        "peak_mem_bytes": max(r.peak_mem_bytes for r in results),
+        "param_bytes_per_rank": max(r.param_bytes for r in results),
+        "status": "ok",
+        "error": None,
+        "output_dir": output_dir,
+    }
+    return RunRecord(run=row, comm=comm, rank_steps=steps)
+
+
+def save_artifacts(results: list[RankResult], run_dir: Path) -> None:
+    """Final latents (rank 0) and every rank's raw step marks and ledger events."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        if r.latents is not None:
+            torch.save(r.latents, run_dir / "latents.pt")
+    arrays = {}
+    for r in results:
+        arrays[f"events_rank{r.rank}"] = r.events
+        arrays[f"steps_rank{r.rank}"] = r.steps
+        arrays[f"layers_rank{r.rank}"] = np.array(r.layers, dtype=str)
+    np.savez_compressed(run_dir / "trace.npz", **arrays)

@@ -1,0 +1,146 @@
+"""Run an experiment's grid: resume, reuse worlds, record each run as it finishes.
+
+Each run is stored in its own transaction the moment it ends, ok or failed, so an interrupted
+sweep loses at most the run in flight. Re-running skips runs stored ok; failed runs are tried
+again unless `skip_failed`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from suite.config import ExperimentConfig, RunSpec
+from suite.launch import LocalWorld, RunFailed, TorchrunWorld
+from suite.record import assemble, failed_record, save_artifacts
+from suite.results import ResultStore
+
+
+@dataclass
+class SweepSummary:
+    db_path: Path
+    ok: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (run label, first error line)
+    skipped: list[str] = field(default_factory=list)
+
+
+def default_out_dir(experiment: str) -> Path:
+    return Path("results") / experiment
+
+
+def _world_key(spec: RunSpec) -> tuple:
+    return (spec.world_size, spec.device, spec.threads_per_rank)
+
+
+def _pending(config: ExperimentConfig, store: ResultStore, skip_failed: bool) -> list[RunSpec]:
+    done = store.done_run_ids()
+    if skip_failed:
+        failed = store.table("runs")
+        done |= set(failed.loc[failed["status"] == "failed", "run_id"])
+    return [s for s in config.runs if s.run_id not in done]
+
+
+def _record(store: ResultStore, spec: RunSpec, results, error: str | None, summary: SweepSummary):
+    run_dir = Path("runs") / spec.run_id
+    if error is None:
+        save_artifacts(results, store.root / run_dir)
+        store.save(assemble(spec, results, str(run_dir)))
+        summary.ok.append(spec.label())
+    else:
+        store.save(failed_record(spec, error))
+        last = [line for line in error.strip().splitlines() if line.strip()]
+        summary.failed.append((spec.label(), last[-1] if last else error))
+
+
+def run_local(
+    config: ExperimentConfig, out_dir: Path, *, skip_failed: bool = False, progress: bool = True
+) -> SweepSummary:
+    """Run every pending run of `config` in local spawned worlds."""
+    store = ResultStore(out_dir / "results.db")
+    summary = SweepSummary(db_path=store.path)
+    todo = _pending(config, store, skip_failed)
+    summary.skipped = [s.label() for s in config.runs if s not in todo]
+    # Runs that share a world layout run back to back in one world; otherwise config order.
+    first_seen: dict[tuple, int] = {}
+    for s in todo:
+        first_seen.setdefault(_world_key(s), len(first_seen))
+    todo.sort(key=lambda s: first_seen[_world_key(s)])  # stable: config order within a world
+    total_steps = sum((s.warmup_runs + s.repeats) * s.steps for s in todo)
+    runs_bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress, file=sys.stderr)
+    steps_bar = tqdm(
+        total=total_steps, desc="steps", unit="step", disable=not progress, file=sys.stderr
+    )
+    try:
+        for key, group in itertools.groupby(todo, key=_world_key):
+            world_size, device, threads = key
+            with LocalWorld(
+                world_size,
+                device=device,
+                threads_per_rank=threads,
+                collective_timeout_s=max(s.timeout_s for s in config.runs),
+            ) as world:
+                for spec in group:
+                    runs_bar.set_postfix_str(spec.label(), refresh=True)
+                    try:
+                        results, error = world.run(spec, progress=lambda: steps_bar.update(1)), None
+                    except RunFailed as e:
+                        results, error = None, str(e)
+                    _record(store, spec, results, error, summary)
+                    runs_bar.update(1)
+    finally:
+        runs_bar.close()
+        steps_bar.close()
+        store.close()
+    return summary
+
+
+def run_torchrun(
+    config: ExperimentConfig, out_dir: Path, *, skip_failed: bool = False, progress: bool = True
+) -> SweepSummary | None:
+    """Inside `torchrun`: run the pending runs whose world size is this world's.
+
+    Rank 0 owns the store (its file system holds the results) and tells the other ranks which
+    runs to do; every rank returns, rank 0 with the summary.
+    """
+    import os
+
+    world_size = int(os.environ["WORLD_SIZE"])
+    mine = [s for s in config.runs if s.world_size == world_size]
+    devices = {s.device for s in mine} or {"cpu"}
+    threads = {s.threads_per_rank for s in mine} or {1}
+    if len(devices) > 1 or len(threads) > 1:
+        raise SystemExit("under torchrun, runs of one world must share device and threads_per_rank")
+    world = TorchrunWorld(
+        device=devices.pop(),
+        threads_per_rank=threads.pop(),
+        collective_timeout_s=max((s.timeout_s for s in mine), default=600.0),
+    )
+    store = ResultStore(out_dir / "results.db") if world.rank == 0 else None
+    summary = SweepSummary(db_path=store.path) if store else None
+    todo_ids = [s.run_id for s in _pending(config, store, skip_failed)] if store else None
+    todo_ids = set(world.share("todo", todo_ids))
+    todo = [s for s in mine if s.run_id in todo_ids]
+    if summary is not None:
+        summary.skipped = [s.label() for s in config.runs if s.run_id not in todo_ids]
+    bar = tqdm(
+        total=len(todo), desc="runs", unit="run", disable=not (progress and store), file=sys.stderr
+    )
+    try:
+        for spec in todo:
+            try:
+                results, error = world.run(spec), None
+            except RunFailed as e:
+                results, error = None, str(e)
+            if store is not None:
+                _record(store, spec, results, error, summary)
+            bar.update(1)
+    finally:
+        bar.close()
+        world.close()
+        if store is not None:
+            store.close()
+    return summary

@@ -19,6 +19,7 @@ then its wait end (NCCL futures complete stream-ordered, not on the host), an up
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -236,10 +237,9 @@ class Comm:
         work = launch(async_op)
         if async_op:
             if ledger is not None and not ledger._cuda:
-                try:
+                # a backend without futures for this op leaves t_done to the wait end
+                with contextlib.suppress(RuntimeError):
                     work.get_future().add_done_callback(lambda _f: ledger.mark_done(idx))
-                except RuntimeError:
-                    pass  # backend without futures for this op: t_done becomes the wait end
             return Pending(work, ledger, idx, finish)
         if ledger is not None:
             ledger.close_blocking(idx)

@@ -63,6 +63,11 @@ class Settings:
     weights: str | None = None
 
 
+def _looks_local(weights: str) -> bool:
+    """A path rather than a hub id ('org/name')."""
+    return weights.startswith(("/", ".", "~")) or weights.count("/") != 1
+
+
 _INT_MIN = {
     "steps": 1,
     "batch": 1,
@@ -108,6 +113,17 @@ def _check_settings(raw: Any, path: str, base: Settings, problems: list[str]) ->
             continue
         elif key in ("scheduler", "weights") and value is not None and not isinstance(value, str):
             problems.append(f"{where}: {value!r}; must be a string")
+            continue
+        elif (
+            key == "weights"
+            and value is not None
+            and _looks_local(value)
+            and not Path(value).expanduser().is_dir()
+        ):
+            problems.append(
+                f"{where}: {value!r} is not a directory; give a local diffusers model or "
+                "pipeline directory, or a hub id like 'org/name'"
+            )
             continue
         values[key] = value
     return Settings(**values)

@@ -16,6 +16,7 @@ under a new store prefix, so the sweep goes on.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -45,10 +46,8 @@ def _free_port() -> int:
 
 def _configure_threads(threads: int) -> None:
     torch.set_num_threads(threads)
-    try:
+    with contextlib.suppress(RuntimeError):  # already set earlier in this process
         torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass  # already set in this process
 
 
 def _to_wire(result: RankResult) -> RankResult:

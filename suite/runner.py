@@ -129,36 +129,29 @@ def denoise(
     marks: list | None = None,
     on_step=None,
 ) -> torch.Tensor:
-    """One denoising loop; returns the final latents gathered by the strategy.
+    """One denoising loop of the parallelized workload; returns the gathered final latents.
 
     `marks` collects (step, t_start, t_end) per step; the strategy's final gather is timed
     as part of the last step, since the output is not ready before it.
     """
-    scheduler = workload.new_scheduler()
-    inputs = par.inputs
-    latents = inputs.latents * scheduler.init_noise_sigma
-    cond = inputs.model_cond()
-    guided = inputs.uncond is not None
+    import workloads
+
     ref_event, ref_time = None, 0.0
     if device.type == "cuda":  # anchor the ledger's CUDA events to the host clock
         ref_event = torch.cuda.Event(enable_timing=True)
         ref_event.record()
         torch.cuda.synchronize(device)
         ref_time = time.perf_counter()
-    for i, t in enumerate(scheduler.timesteps):
+    t_start = 0.0
+
+    def before_step(i: int) -> None:
+        nonlocal t_start
         ledger.step = i
         t_start = time.perf_counter()
         if par.on_step is not None:
             par.on_step(i)
-        x = torch.cat([latents, latents]) if guided else latents
-        x = scheduler.scale_model_input(x, t)
-        pred = par.denoiser(x, t, cond)
-        if guided:
-            uncond_pred, cond_pred = pred.chunk(2)
-            pred = uncond_pred + workload.guidance * (cond_pred - uncond_pred)
-        latents = scheduler.step(pred, t, latents, return_dict=False)[0]
-        if i == len(scheduler.timesteps) - 1:
-            latents = par.gather(latents)
+
+    def after_step(i: int) -> None:
         _sync(device)
         if ref_event is not None:
             ledger.resolve(ref_event, ref_time)
@@ -166,7 +159,15 @@ def denoise(
             marks.append((i, t_start, time.perf_counter()))
         if on_step is not None:
             on_step()
-    return latents
+
+    return workloads.denoise(
+        workload,
+        par.denoiser,
+        par.inputs,
+        before_step=before_step,
+        after_step=after_step,
+        finalize=par.gather,
+    )
 
 
 def execute(spec: RunSpec, ctx: RankContext, progress=None) -> RankResult:

@@ -1,0 +1,116 @@
+"""Deterministic diffusers solvers, configured with each family's training noise schedule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from .presets import Preset
+
+SCHEDULERS: tuple[str, ...] = ("ddim", "dpm-solver++", "euler", "flow-match-euler")
+FLOW_SCHEDULERS: tuple[str, ...] = ("flow-match-euler",)
+
+# Solver-specific settings; all deterministic (DDIM's eta defaults to 0 in step()).
+_SOLVERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+    "ddim": (DDIMScheduler, {"clip_sample": False}),
+    "dpm-solver++": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "lower_order_final": True},
+    ),
+    "euler": (EulerDiscreteScheduler, {}),
+    "flow-match-euler": (FlowMatchEulerDiscreteScheduler, {}),
+}
+
+# Training noise schedule per family, as in the public scheduler configs.
+_NOISE: dict[str, dict[str, Any]] = {
+    "unet": {
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "timestep_spacing": "leading",
+        "steps_offset": 1,
+        "prediction_type": "epsilon",
+    },
+    "pixart": {
+        "beta_start": 0.0001,
+        "beta_end": 0.02,
+        "beta_schedule": "linear",
+        "timestep_spacing": "linspace",
+        "prediction_type": "epsilon",
+    },
+    "dit": {
+        "beta_start": 0.0001,
+        "beta_end": 0.02,
+        "beta_schedule": "linear",
+        "prediction_type": "epsilon",
+    },
+    "sd3": {"shift": 3.0},
+    # Flux shifts by image size: mu interpolates linearly in the packed image sequence length
+    "flux": {
+        "shift": 3.0,
+        "use_dynamic_shifting": True,
+        "base_shift": 0.5,
+        "max_shift": 1.15,
+        "base_image_seq_len": 256,
+        "max_image_seq_len": 4096,
+    },
+}
+
+
+def allowed_schedulers(preset: Preset) -> tuple[str, ...]:
+    """Solvers that match the preset's prediction type (velocity vs noise)."""
+    if preset.flow_matching:
+        return FLOW_SCHEDULERS
+    return tuple(s for s in SCHEDULERS if s not in FLOW_SCHEDULERS)
+
+
+def check_scheduler(name: str, preset: Preset) -> None:
+    """ValueError unless `name` is a known solver that fits the preset."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler={name!r} is unknown; allowed: {', '.join(SCHEDULERS)}")
+    allowed = allowed_schedulers(preset)
+    if name not in allowed:
+        kind = "flow-matching" if preset.flow_matching else "noise-prediction"
+        raise ValueError(
+            f"scheduler={name!r} does not fit preset {preset.name!r} ({kind} model); "
+            f"allowed for it: {', '.join(allowed)}"
+        )
+
+
+def flux_mu(image_seq_len: int) -> float:
+    """Flux's dynamic time shift for a packed image of image_seq_len tokens."""
+    cfg = _NOISE["flux"]
+    slope = (cfg["max_shift"] - cfg["base_shift"]) / (
+        cfg["max_image_seq_len"] - cfg["base_image_seq_len"]
+    )
+    return cfg["base_shift"] + slope * (image_seq_len - cfg["base_image_seq_len"])
+
+
+def make_scheduler(
+    name: str, preset: Preset, steps: int, height: int, width: int
+) -> SchedulerMixin:
+    """A fresh solver with set_timesteps(steps) done, for an image of height x width pixels.
+
+    Fresh on every call so multistep state never leaks from one denoising loop to the next.
+    """
+    check_scheduler(name, preset)
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1")
+    cls, solver = _SOLVERS[name]
+    scheduler = cls.from_config({"num_train_timesteps": 1000, **_NOISE[preset.family], **solver})
+    if preset.family == "flux":
+        tokens = (height // preset.vae_scale_factor // 2) * (width // preset.vae_scale_factor // 2)
+        # the Flux pipeline's sigma grid: linear from 1 to 1/steps, then shifted by mu
+        sigmas = np.linspace(1.0, 1.0 / steps, steps).tolist()
+        scheduler.set_timesteps(sigmas=sigmas, mu=flux_mu(tokens))
+    else:
+        scheduler.set_timesteps(steps)
+    return scheduler

@@ -59,8 +59,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     print(
         f"{config.experiment}: {len(summary.ok)} ok, {len(summary.failed)} failed, "
-        f"{len(summary.skipped)} already stored -> {summary.db_path}"
+        f"{len(summary.unsupported)} skipped as unsupported, {len(summary.skipped)} already "
+        f"stored -> {summary.db_path}"
     )
+    for label, reason in summary.unsupported:
+        print(f"  SKIPPED {label}: {reason}", file=sys.stderr)
     for label, error in summary.failed:
         print(f"  FAILED {label}: {error}", file=sys.stderr)
     if not args.no_report:

@@ -31,11 +31,19 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from suite.config import RunSpec
+from suite.parallel import Unsupported
 from suite.runner import RankContext, RankResult, execute
 
 
 class RunFailed(RuntimeError):
     """A run did not finish; the message is the first error seen (with its rank)."""
+
+
+class RunSkipped(RuntimeError):
+    """The strategy cannot run here (`suite.parallel.Unsupported`); the message says why."""
+
+
+_SKIP_MARK = "SKIPPED: "
 
 
 def _free_port() -> int:
@@ -96,6 +104,9 @@ def _local_worker(rank, world_size, port, device_type, threads, timeout_s, tasks
             else:  # (function, args): a check or a measurement run on every rank
                 fn, args = task
                 results.put(("ok", rank, fn(ctx, *args)))
+        except Unsupported as e:
+            results.put(("skipped", rank, str(e)))
+            return  # peers may be waiting in a collective: the parent tears the world down
         except BaseException:
             results.put(("error", rank, f"rank {rank}: {traceback.format_exc()}"))
             return  # this world is now unusable; the parent tears it down
@@ -212,9 +223,9 @@ class LocalWorld:
             if kind == "progress":
                 if progress is not None:
                     progress()
-            elif kind == "error":
+            elif kind in ("error", "skipped"):
                 self.kill()
-                raise RunFailed(payload)
+                raise (RunFailed if kind == "error" else RunSkipped)(payload)
             else:
                 got[rank] = payload
         return [got[r] for r in range(self.world_size)]
@@ -283,6 +294,9 @@ class TorchrunWorld:
         error = None
         try:
             result = execute(spec, self.ctx, progress if self.rank == 0 else None)
+        except Unsupported as e:
+            result, error = None, _SKIP_MARK + str(e)
+            self.store.compare_set(f"diffscale/error/{spec.run_id}", "", error)
         except BaseException:
             result, error = None, f"rank {self.rank}: {traceback.format_exc()}"
             # first error wins; the others are mostly collective timeouts it caused
@@ -299,7 +313,10 @@ class TorchrunWorld:
             dist.destroy_process_group()
             self.generation += 1
             self._init_group()
-            raise RunFailed(first or error or "unknown error")
+            first = first or error or "unknown error"
+            if first.startswith(_SKIP_MARK):
+                raise RunSkipped(first[len(_SKIP_MARK) :])
+            raise RunFailed(first)
         gathered = [None] * self.world_size if self.rank == 0 else None
         dist.gather_object(result, gathered, dst=0)
         return gathered if self.rank == 0 else None

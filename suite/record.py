@@ -95,12 +95,14 @@ def _spec_columns(spec: RunSpec) -> dict:
     }
 
 
-def failed_record(spec: RunSpec, error: str, output_dir: str = "") -> RunRecord:
-    """The row of a run that did not finish; its error text is kept."""
+def failed_record(
+    spec: RunSpec, error: str, output_dir: str = "", status: str = "failed"
+) -> RunRecord:
+    """The row of a run that did not finish (or was skipped); its error text is kept."""
     row = _spec_columns(spec) | {
         "host": socket.gethostname(),
         "device": spec.device,
-        "status": "failed",
+        "status": status,
         "error": error,
         "output_dir": output_dir,
     }

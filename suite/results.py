@@ -21,7 +21,7 @@ import pandas as pd
 from suite import schema
 
 EXPORT_FORMATS = ("csv", "parquet")
-RUN_STATUSES = ("ok", "failed")
+RUN_STATUSES = ("ok", "failed", "skipped")
 
 # pandas >= 3 has a NaN-aware string dtype "str"; pandas 2 would turn None into "None" with it.
 _TEXT_DTYPE: Any = "str" if int(pd.__version__.split(".")[0]) >= 3 else object

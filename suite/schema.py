@@ -65,8 +65,8 @@ RUNS: tuple[Column, ...] = (
     Column("comm_bytes_per_step", "REAL", "payload bytes per step per rank, mean over ranks"),
     Column("peak_mem_bytes", "INTEGER", "max over ranks: CUDA max allocated, or CPU peak RSS"),
     Column("param_bytes_per_rank", "INTEGER", "max over ranks of parameter bytes held"),
-    Column("status", "TEXT", "ok | failed"),
-    Column("error", "TEXT", "error text of a failed run (first failing rank)"),
+    Column("status", "TEXT", "ok | failed | skipped (the method cannot run here; error says why)"),
+    Column("error", "TEXT", "error of a failed run (first failing rank), or why it was skipped"),
     Column(
         "output_dir", "TEXT", "directory with the run's latents and traces, relative to the store"
     ),

@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from suite.config import ExperimentConfig, RunSpec
-from suite.launch import LocalWorld, RunFailed, TorchrunWorld
+from suite.launch import LocalWorld, RunFailed, RunSkipped, TorchrunWorld
 from suite.record import assemble, failed_record, save_artifacts
 from suite.results import ResultStore
 
@@ -25,7 +25,8 @@ class SweepSummary:
     db_path: Path
     ok: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run label, first error line)
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already stored, not run again
+    unsupported: list[tuple[str, str]] = field(default_factory=list)  # (run label, reason)
 
 
 def default_out_dir(experiment: str) -> Path:
@@ -44,9 +45,23 @@ def _pending(config: ExperimentConfig, store: ResultStore, skip_failed: bool) ->
     return [s for s in config.runs if s.run_id not in done]
 
 
-def _record(store: ResultStore, spec: RunSpec, results, error: str | None, summary: SweepSummary):
+def _attempt(world, spec: RunSpec, progress=None):
+    """(results, error, skip reason) of one run; exactly one of them is set."""
+    try:
+        return world.run(spec, progress), None, None
+    except RunSkipped as e:
+        return None, None, str(e)
+    except RunFailed as e:
+        return None, str(e), None
+
+
+def _record(store: ResultStore, spec: RunSpec, outcome, summary: SweepSummary):
+    results, error, skip = outcome
     run_dir = Path("runs") / spec.run_id
-    if error is None:
+    if skip is not None:
+        store.save(failed_record(spec, skip, status="skipped"))
+        summary.unsupported.append((spec.label(), skip))
+    elif error is None:
         save_artifacts(results, store.root / run_dir)
         store.save(assemble(spec, results, str(run_dir)))
         summary.ok.append(spec.label())
@@ -85,11 +100,8 @@ def run_local(
             ) as world:
                 for spec in group:
                     runs_bar.set_postfix_str(spec.label(), refresh=True)
-                    try:
-                        results, error = world.run(spec, progress=lambda: steps_bar.update(1)), None
-                    except RunFailed as e:
-                        results, error = None, str(e)
-                    _record(store, spec, results, error, summary)
+                    outcome = _attempt(world, spec, progress=lambda: steps_bar.update(1))
+                    _record(store, spec, outcome, summary)
                     runs_bar.update(1)
     finally:
         runs_bar.close()
@@ -131,12 +143,9 @@ def run_torchrun(
     )
     try:
         for spec in todo:
-            try:
-                results, error = world.run(spec), None
-            except RunFailed as e:
-                results, error = None, str(e)
+            outcome = _attempt(world, spec)
             if store is not None:
-                _record(store, spec, results, error, summary)
+                _record(store, spec, outcome, summary)
             bar.update(1)
     finally:
         bar.close()

@@ -94,6 +94,19 @@ _TINY_SDXL = {
     "projection_class_embeddings_input_dim": 6 * 8 + 32,
 }
 
+# Mid-size models for CPU benchmarks: big enough that compute dominates a step at 256-512 px on
+# one thread (hundreds of ms), small enough that a sweep finishes in minutes.
+_SMALL_SDXL = {
+    **_SDXL,
+    "sample_size": 64,
+    "block_out_channels": (128, 256, 256),
+    "transformer_layers_per_block": (1, 1, 2),
+    "attention_head_dim": (4, 8, 8),  # head counts (see _SDXL)
+    "cross_attention_dim": 256,
+    "addition_time_embed_dim": 64,
+    "projection_class_embeddings_input_dim": 6 * 64 + 256,
+}
+
 _PIXART = {
     "num_attention_heads": 16,
     "attention_head_dim": 72,
@@ -123,6 +136,16 @@ _TINY_PIXART = {
     "caption_channels": 32,
     "sample_size": 32,
     "interpolation_scale": 1,
+}
+
+_SMALL_PIXART = {
+    **_PIXART,
+    "num_attention_heads": 8,
+    "attention_head_dim": 48,  # hidden 384, divisible by 3 (see _TINY_PIXART)
+    "num_layers": 8,
+    "cross_attention_dim": 384,
+    "caption_channels": 256,
+    "sample_size": 64,
 }
 
 _DIT = {
@@ -302,6 +325,20 @@ _ALL = (
         description="SDXL-shaped UNet, 3 levels (32/64/64 ch), 4 heads: CPU tests",
     ),
     _preset(
+        "small-sdxl",
+        "unet",
+        _SMALL_SDXL,
+        False,
+        spatial_multiple=4,
+        heads=8,
+        layers=17,  # 0 + 2*1 + 2*2 down, 2 mid, 3*2 + 3*1 + 0 up
+        text_len=77,
+        text_dim=256,
+        pooled_dim=256,
+        native_resolution=512,
+        description="SDXL-shaped UNet, 3 levels (128/256/256 ch), 8 heads: CPU benchmarks",
+    ),
+    _preset(
         "pixart-alpha",
         "pixart",
         _PIXART,
@@ -324,6 +361,18 @@ _ALL = (
         text_dim=32,
         native_resolution=256,
         description="PixArt-shaped DiT, 4 blocks, hidden 96, 4 heads: CPU tests",
+    ),
+    _preset(
+        "small-pixart-alpha",
+        "pixart",
+        _SMALL_PIXART,
+        False,
+        heads=8,
+        layers=8,
+        text_len=120,
+        text_dim=256,
+        native_resolution=512,
+        description="PixArt-shaped DiT, 8 blocks, hidden 384, 8 heads: CPU benchmarks",
     ),
     _preset(
         "dit-xl-2",

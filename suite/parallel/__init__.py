@@ -17,6 +17,11 @@ import torch
 from suite.comm import Comm
 
 
+class Unsupported(RuntimeError):
+    """Raised by `apply` when a method cannot run in this environment (e.g. a library lacks
+    it on CPU); the run is stored as skipped with this reason, not as failed."""
+
+
 @dataclass
 class Parallelized:
     """What the runner drives on one rank after a strategy is applied."""
@@ -82,6 +87,13 @@ def apply(name: str, workload, comm: Comm, options: dict[str, Any]) -> Paralleli
     return strategy.apply(workload, comm, resolved)
 
 
-# Importing the strategy modules registers them.
-from suite.parallel import cfg as _cfg  # noqa: E402,F401
-from suite.parallel import single as _single  # noqa: E402,F401
+def _register_all() -> None:
+    """Import every module of this package: each registers its strategies on import."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_register_all()

@@ -110,6 +110,20 @@ def test_raising_rank_ends_world_quickly_and_world_restarts(world2):
     assert world2.call(whoami) == [0, 1]  # a fresh world takes the next task
 
 
+def unsupported_here(ctx):
+    from suite.parallel import Unsupported
+
+    raise Unsupported("the library cannot run this on CPU")
+
+
+def test_unsupported_method_is_reported_as_skipped(world2):
+    from suite.launch import RunSkipped
+
+    with pytest.raises(RunSkipped, match="cannot run this on CPU"):
+        world2.call(unsupported_here)
+    assert world2.call(whoami) == [0, 1]
+
+
 def test_data_parallel_run_matches_single_device(world1, world2):
     raw = {
         "experiment": "t",

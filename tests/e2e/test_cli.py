@@ -93,7 +93,7 @@ def test_report_and_export(quickstart):
 def test_rerun_skips_stored_runs(quickstart):
     tmp, config, _ = quickstart
     proc = cli("run", str(config), "--no-progress", "--no-report", cwd=tmp)
-    assert "0 ok, 0 failed, 4 already stored" in proc.stdout
+    assert "0 ok, 0 failed, 0 skipped as unsupported, 4 already stored" in proc.stdout
     assert len(read_runs(tmp / "results" / "quickstart" / "results.db")) == 4
 
 

@@ -15,7 +15,7 @@ from workloads.stats import flop_counter
 torch.set_num_threads(1)
 
 TINY = [name for name, p in W.PRESETS.items() if p.tiny]
-FULL = [name for name, p in W.PRESETS.items() if not p.tiny]
+FULL = [name for name, p in W.PRESETS.items() if not p.tiny and not name.startswith("small-")]
 PX = 256  # tiny presets run at a 32 x 32 latent
 
 # diffusers' parameter counts of the public architectures (DiT-XL/2 is 750 M rather than the
@@ -27,6 +27,19 @@ EXPECTED_PARAMS = {
     "sd3-medium": 2.028e9,
     "flux-dev": 11.90e9,
 }
+
+SMALL = [name for name in W.PRESETS if name.startswith("small-")]
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_small_benchmark_presets_keep_their_model_class(name):
+    preset = W.get_preset(name)
+    full = W.get_preset(name.removeprefix("small-"))
+    assert preset.model_class == full.model_class and preset.family == full.family
+    stats = W.model_stats(name, 256, 256)
+    # between the tiny test models and the full ones: compute dominates a CPU step
+    assert 5e6 < stats.params < 1e8 and stats.flops_per_forward > 1e10
+
 
 BLOCKS = ("BasicTransformerBlock", "JointTransformerBlock", "FluxTransformerBlock")
 BLOCKS += ("FluxSingleTransformerBlock",)

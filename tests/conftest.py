@@ -29,3 +29,10 @@ def world2():
     world = _world(2)
     yield world
     world.close()
+
+
+@pytest.fixture(scope="session")
+def world4():
+    world = _world(4)  # 4 ranks on 2 cores: for correctness, never for timing
+    yield world
+    world.close()

@@ -30,9 +30,9 @@ RUNS: tuple[Column, ...] = (
     Column(
         "device", "TEXT", "device description, e.g. 'cpu: <model name>' or the CUDA device name"
     ),
-    Column("backend", "TEXT", "torch.distributed backend: gloo | nccl | none"),
+    Column("backend", "TEXT", "torch.distributed backend: gloo / nccl"),
     Column(
-        "world_mode", "TEXT", "real (processes exchange data) | fake (one process emulates a rank)"
+        "world_mode", "TEXT", "real (processes exchange data) / fake (one process emulates a rank)"
     ),
     Column("threads_per_rank", "INTEGER", "intra-op CPU threads per rank"),
     Column("workload", "TEXT", "preset name"),
@@ -65,7 +65,7 @@ RUNS: tuple[Column, ...] = (
     Column("comm_bytes_per_step", "REAL", "payload bytes per step per rank, mean over ranks"),
     Column("peak_mem_bytes", "INTEGER", "max over ranks: CUDA max allocated, or CPU peak RSS"),
     Column("param_bytes_per_rank", "INTEGER", "max over ranks of parameter bytes held"),
-    Column("status", "TEXT", "ok | failed | skipped (the method cannot run here; error says why)"),
+    Column("status", "TEXT", "ok / failed / skipped (the method cannot run here; error says why)"),
     Column("error", "TEXT", "error of a failed run (first failing rank), or why it was skipped"),
     Column(
         "output_dir", "TEXT", "directory with the run's latents and traces, relative to the store"
@@ -78,7 +78,7 @@ COMM: tuple[Column, ...] = (
     Column(
         "op",
         "TEXT",
-        "all_gather | all_reduce | all_to_all | reduce_scatter | send | recv | broadcast",
+        "all_gather / all_reduce / all_to_all / reduce_scatter / send / recv / broadcast",
     ),
     Column("axis", "TEXT", "mesh axis the group spans"),
     Column("calls_per_step", "REAL", "calls per timed step"),
@@ -103,8 +103,8 @@ RANK_STEPS: tuple[Column, ...] = (
 FIDELITY: tuple[Column, ...] = (
     Column("run_id", "TEXT", "scored run"),
     Column("baseline_run_id", "TEXT", "single-device run it is compared with"),
-    Column("reference", "TEXT", "original (vs baseline outputs) | ground_truth"),
-    Column("metric", "TEXT", "psnr | ssim | lpips | fid"),
+    Column("reference", "TEXT", "original (vs baseline outputs) / ground_truth"),
+    Column("metric", "TEXT", "psnr / ssim / lpips / fid"),
     Column("value", "REAL", "metric value; empty when missing"),
     Column("backbone", "TEXT", "network behind the metric, or why it is missing"),
     Column("n_images", "INTEGER", "images the value rests on"),

@@ -70,7 +70,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from analysis.report import default_report_dir, write_report
 
         html, md = write_report(summary.db_path, default_report_dir(summary.db_path))
-        print(f"report: {html}\n        {md}")
+        print(f"report: {html.resolve()}\n        {md.resolve()}")
     return 1 if summary.failed else 0
 
 

@@ -160,7 +160,8 @@ def denoise(
         if on_step is not None:
             on_step()
 
-    return workloads.denoise(
+    loop = par.loop if par.loop is not None else workloads.denoise
+    return loop(
         workload,
         par.denoiser,
         par.inputs,

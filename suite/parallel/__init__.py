@@ -32,6 +32,10 @@ class Parallelized:
     modules: list[torch.nn.Module] = field(default_factory=list)  # held parameters, for memory
     warmup_steps: int = 0  # synchronous warm-up steps of the method (0: none)
     on_step: Callable[[int], None] | None = None  # told each step index before the step runs
+    # A strategy that drives its own loop (PipeFusion: patch-wise, per-patch scheduler state)
+    # replaces workloads.denoise; same signature: (workload, denoiser, inputs, *, before_step,
+    # after_step, finalize) -> final latents, calling the hooks around each of its steps.
+    loop: Callable[..., torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)

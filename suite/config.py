@@ -35,6 +35,7 @@ from suite.mesh import AXES, ParallelDims
 
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda", "auto")
+WORLD_MODES = ("real", "fake")
 
 
 class ConfigError(ValueError):
@@ -61,6 +62,7 @@ class Settings:
     threads_per_rank: int = 1
     timeout_s: float = 600.0
     weights: str | None = None
+    world_mode: str = "real"  # fake: one process emulates each rank, collectives move no data
 
 
 def _looks_local(weights: str) -> bool:
@@ -103,6 +105,9 @@ def _check_settings(raw: Any, path: str, base: Settings, problems: list[str]) ->
             continue
         elif key == "device" and value not in DEVICES:
             problems.append(f"{where}: {value!r}; allowed: {', '.join(DEVICES)}")
+            continue
+        elif key == "world_mode" and value not in WORLD_MODES:
+            problems.append(f"{where}: {value!r}; allowed: {', '.join(WORLD_MODES)}")
             continue
         elif (
             key in ("guidance", "timeout_s")
@@ -420,13 +425,16 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
                 threads_per_rank=s.threads_per_rank,
                 timeout_s=float(s.timeout_s),
                 weights=s.weights,
+                world_mode=s.world_mode,
             )
             if strategy.validate is not None:
                 errs = strategy.validate(spec, preset)
                 if errs:
                     problems.extend(f"{where}: {e}" for e in errs)
                     continue
-            if device == "cuda":
+            if s.world_mode == "fake":
+                pass  # one process emulates the ranks in turn: any world size fits
+            elif device == "cuda":
                 import torch
 
                 if world > torch.cuda.device_count():

@@ -72,20 +72,50 @@ def _from_wire(result: RankResult) -> RankResult:
     return result
 
 
-def _local_worker(rank, world_size, port, device_type, threads, timeout_s, tasks, results):
-    """Body of one spawned rank: join the world, then run specs until told to stop."""
+def emulate(spec: RunSpec, device: torch.device, progress=None) -> list[RankResult]:
+    """A fake world: run each rank of `spec` in turn in this process.
+
+    torch's fake process group lets every collective return at once with correctly shaped
+    tensors and moves no data, so strategies and the ledger run unchanged: compute happens at
+    the real per-rank shapes and every collective is logged with its size (and ~0 duration).
+    Ranks with different roles (pipeline stages) are each emulated. The outputs are meaningless
+    and are dropped, so a fake run is never scored for fidelity.
+    """
+    try:
+        from torch.testing._internal.distributed.fake_pg import FakeStore
+    except ImportError as e:  # private torch module: name the cause if a release moves it
+        raise RuntimeError(f"world_mode fake needs torch's fake process group: {e}") from e
+    results = []
+    for rank in range(spec.world_size):
+        dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=spec.world_size)
+        try:
+            ctx = RankContext(rank=rank, world_size=spec.world_size, device=device)
+            result = execute(spec, ctx, progress)
+            result.latents = None
+            results.append(result)
+        finally:
+            dist.destroy_process_group()
+    return results
+
+
+def _local_worker(rank, world_size, port, device_type, threads, timeout_s, tasks, results, fake=False):
+    """Body of one spawned rank: join the world, then run specs until told to stop.
+
+    With `fake`, the one process emulates whole worlds (see `emulate`) and joins none.
+    """
     try:
         _configure_threads(threads)
         device = torch.device(device_type, rank) if device_type == "cuda" else torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(
+        if not fake:
+            dist.init_process_group(
             "nccl" if device.type == "cuda" else "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=world_size,
-            timeout=dt.timedelta(seconds=timeout_s),
-        )
+                init_method=f"tcp://127.0.0.1:{port}",
+                rank=rank,
+                world_size=world_size,
+                timeout=dt.timedelta(seconds=timeout_s),
+            )
         ctx = RankContext(rank=rank, world_size=world_size, device=device)
         results.put(("ready", rank, None))
     except BaseException:
@@ -98,8 +128,11 @@ def _local_worker(rank, world_size, port, device_type, threads, timeout_s, tasks
         if task is None:
             break
         try:
-            if isinstance(task, RunSpec):
-                progress = (lambda: results.put(("progress", 0, None))) if rank == 0 else None
+            progress = (lambda: results.put(("progress", 0, None))) if rank == 0 else None
+            if isinstance(task, RunSpec) and fake:
+                emulated = [_to_wire(r) for r in emulate(task, device, progress)]
+                results.put(("ok", rank, emulated))
+            elif isinstance(task, RunSpec):
                 results.put(("ok", rank, _to_wire(execute(task, ctx, progress))))
             else:  # (function, args): a check or a measurement run on every rank
                 fn, args = task
@@ -110,7 +143,8 @@ def _local_worker(rank, world_size, port, device_type, threads, timeout_s, tasks
         except BaseException:
             results.put(("error", rank, f"rank {rank}: {traceback.format_exc()}"))
             return  # this world is now unusable; the parent tears it down
-    dist.destroy_process_group()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class LocalWorld:
@@ -124,8 +158,10 @@ class LocalWorld:
         threads_per_rank: int = 1,
         collective_timeout_s: float = 600.0,
         start_timeout_s: float = 300.0,
+        fake: bool = False,
     ):
-        self.world_size = world_size
+        self.fake = fake  # one process emulating whole worlds (world_mode fake)
+        self.world_size = 1 if fake else world_size
         self.device = device
         self.threads_per_rank = threads_per_rank
         self.collective_timeout_s = collective_timeout_s
@@ -162,6 +198,7 @@ class LocalWorld:
                         self.collective_timeout_s,
                         self._tasks[rank],
                         self._results,
+                        self.fake,
                     ),
                     daemon=True,
                 )
@@ -204,6 +241,8 @@ class LocalWorld:
     def run(self, spec: RunSpec, progress=None) -> list[RankResult]:
         """Run `spec` on every rank; the per-rank results, rank order."""
         results = self._dispatch(spec, spec.timeout_s, spec.label(), progress)
+        if self.fake:
+            results = results[0]  # the emulating process returns every rank's result
         return [_from_wire(r) for r in results]
 
     def call(self, fn, *args, timeout_s: float = 300.0) -> list:

@@ -34,7 +34,9 @@ def default_out_dir(experiment: str) -> Path:
 
 
 def _world_key(spec: RunSpec) -> tuple:
-    return (spec.world_size, spec.device, spec.threads_per_rank)
+    if spec.world_mode == "fake":  # one emulating process serves every fake world size
+        return (1, spec.device, spec.threads_per_rank, True)
+    return (spec.world_size, spec.device, spec.threads_per_rank, False)
 
 
 def _pending(config: ExperimentConfig, store: ResultStore, skip_failed: bool) -> list[RunSpec]:
@@ -84,18 +86,22 @@ def run_local(
     for s in todo:
         first_seen.setdefault(_world_key(s), len(first_seen))
     todo.sort(key=lambda s: first_seen[_world_key(s)])  # stable: config order within a world
-    total_steps = sum((s.warmup_runs + s.repeats) * s.steps for s in todo)
+    total_steps = sum(
+        (s.warmup_runs + s.repeats) * s.steps * (s.world_size if s.world_mode == "fake" else 1)
+        for s in todo
+    )
     runs_bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not progress, file=sys.stderr)
     steps_bar = tqdm(
         total=total_steps, desc="steps", unit="step", disable=not progress, file=sys.stderr
     )
     try:
         for key, group in itertools.groupby(todo, key=_world_key):
-            world_size, device, threads = key
+            world_size, device, threads, fake = key
             with LocalWorld(
                 world_size,
                 device=device,
                 threads_per_rank=threads,
+                fake=fake,
                 collective_timeout_s=max(s.timeout_s for s in config.runs),
             ) as world:
                 for spec in group:
@@ -121,7 +127,7 @@ def run_torchrun(
     import os
 
     world_size = int(os.environ["WORLD_SIZE"])
-    mine = [s for s in config.runs if s.world_size == world_size]
+    mine = [s for s in config.runs if s.world_size == world_size and s.world_mode == "real"]
     devices = {s.device for s in mine} or {"cpu"}
     threads = {s.threads_per_rank for s in mine} or {1}
     if len(devices) > 1 or len(threads) > 1:

@@ -36,3 +36,11 @@ def world4():
     world = _world(4)  # 4 ranks on 2 cores: for correctness, never for timing
     yield world
     world.close()
+
+
+@pytest.fixture(scope="session")
+def fake_world():
+    world = LocalWorld(1, device="cpu", threads_per_rank=1, collective_timeout_s=120, fake=True)
+    world.start()
+    yield world
+    world.close()

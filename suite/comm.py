@@ -49,6 +49,8 @@ EVENT_DTYPE = np.dtype(
         ("op", np.int8),  # index into OPS
         ("axis", np.int8),  # index into AXES
         ("group_size", np.int16),
+        ("group_first", np.int32),  # lowest global rank of the group: identifies it on its axis
+        ("peer", np.int32),  # send / recv: the other side's global rank; -1 for collectives
         ("is_async", np.bool_),
         ("nbytes", np.int64),
         ("t_issue", np.float64),
@@ -82,7 +84,15 @@ class Ledger:
         return time.perf_counter()
 
     def open(
-        self, op: str, axis: str, group_size: int, nbytes: int, layer: str, is_async: bool
+        self,
+        op: str,
+        axis: str,
+        group_size: int,
+        nbytes: int,
+        layer: str,
+        is_async: bool,
+        group_first: int = 0,
+        peer: int = -1,
     ) -> int:
         """Start an event and return its slot."""
         with self._lock:
@@ -95,6 +105,7 @@ class Ledger:
             ev["layer"] = self._layer_id(layer)
             ev["op"], ev["axis"] = OPS.index(op), AXES.index(axis)
             ev["group_size"], ev["is_async"], ev["nbytes"] = group_size, is_async, nbytes
+            ev["group_first"], ev["peer"] = group_first, peer
             ev["t_done"] = np.nan
         self._stamp(idx, "t_issue")
         return idx
@@ -229,11 +240,13 @@ class Comm:
         self.ledger = ledger
 
     # -- plumbing ----------------------------------------------------------------------------
-    def _issue(self, op, axis, nbytes, layer, async_op, launch, finish):
+    def _issue(self, op, axis, nbytes, layer, async_op, launch, finish, peer=-1):
         ledger = self.ledger if self.ledger.enabled else None
         idx = -1
         if ledger is not None:
-            idx = ledger.open(op, axis, self.mesh.size(axis), nbytes, layer, async_op)
+            first = self.mesh.global_ranks(axis)[0]
+            size = self.mesh.size(axis)
+            idx = ledger.open(op, axis, size, nbytes, layer, async_op, first, peer)
         work = launch(async_op)
         if async_op:
             if ledger is not None and not ledger._cuda:
@@ -390,6 +403,7 @@ class Comm:
             async_op,
             lambda a: _p2p(dist.isend, x, peer, group, a),
             lambda: x,
+            peer,
         )
 
     def recv(
@@ -406,6 +420,7 @@ class Comm:
             async_op,
             lambda a: _p2p(dist.irecv, out, peer, group, a),
             lambda: out,
+            peer,
         )
 
 

@@ -71,6 +71,7 @@ class ParallelMesh:
         self.global_rank = dist.get_rank() if dist.is_initialized() else 0
         active = dims.active()
         self._mesh = None
+        self._ranks: dict[str, list[int]] = {}  # axis -> group's global ranks (asked per op)
         if active:
             self._mesh = init_device_mesh(
                 device_type, tuple(active.values()), mesh_dim_names=tuple(active.keys())
@@ -92,8 +93,11 @@ class ParallelMesh:
 
     def global_ranks(self, axis: str) -> list[int]:
         """Global ranks of this rank's group on `axis`, in axis-rank order."""
-        if self.size(axis) == 1:
-            return [self.global_rank]
-        import torch.distributed as dist
+        if axis not in self._ranks:
+            if self.size(axis) == 1:
+                self._ranks[axis] = [self.global_rank]
+            else:
+                import torch.distributed as dist
 
-        return dist.get_process_group_ranks(self.group(axis))
+                self._ranks[axis] = dist.get_process_group_ranks(self.group(axis))
+        return self._ranks[axis]

@@ -76,7 +76,8 @@ def test_ledger_records_every_op_with_nccl_tests_sizes(results):
     gathers = events[events["op"] == OPS.index("all_gather")]
     assert list(gathers["nbytes"]) == [96, 96]  # gathered output: 2 x 48 bytes
     assert list(gathers["is_async"]) == [False, True]
-    assert (events["group_size"] == 2).all()
+    assert (events["group_size"] == 2).all() and (events["group_first"] == 0).all()
+    assert by_op["send"]["peer"] == 1 and by_op["all_reduce"]["peer"] == -1
     assert "blocks.0.attn" in layers
 
 

@@ -1,0 +1,177 @@
+"""Hardware profiles: devices, links and topology, loaded from `configs/hardware/`.
+
+Three kinds of file:
+- `devices.yaml`: name -> dense peak throughput (TFLOP/s per dtype), memory bandwidth and size;
+- `links.yaml`: name -> per-direction bandwidth (GB/s) and latency (us) of one hop, and whether
+  one link is shared by a node's GPUs (a node's single NIC) or each GPU has its own;
+- one file per system profile: a device, GPUs per node, nodes, the intra- and inter-node links;
+  a calibrated profile (`diffscale calibrate`) also carries fitted alpha/beta per collective and
+  group size, and the throughput the device achieved rather than its peak.
+Every catalog number cites its source in a comment of the YAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+HARDWARE_DIR = Path(__file__).resolve().parent.parent / "configs" / "hardware"
+CATALOGS = ("devices.yaml", "links.yaml")
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    tflops: dict[str, float]  # dtype -> dense TFLOP/s (peak, or achieved when `achieved`)
+    mem_bandwidth_gb_s: float
+    mem_gb: float
+    achieved: bool = False  # measured throughput (calibrated), not the datasheet peak
+
+    def throughput(self, dtype: str) -> float:
+        """TFLOP/s for `dtype` (float32 falls back to tf32 on tensor-core devices)."""
+        for key in (dtype, "tf32" if dtype == "float32" else None):
+            if key in self.tflops:
+                return self.tflops[key]
+        raise ValueError(
+            f"device {self.name} has no throughput for {dtype}; it lists {sorted(self.tflops)}"
+        )
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    bandwidth_gb_s: float  # per direction, per GPU (or per node when shared)
+    latency_us: float  # one hop
+    shared_by_node: bool = False  # one NIC for the whole node: its GPUs split the bandwidth
+
+    def effective_bandwidth_gb_s(self, gpus_per_node: int) -> float:
+        return self.bandwidth_gb_s / gpus_per_node if self.shared_by_node else self.bandwidth_gb_s
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Fitted cost of one collective at one group size: t = alpha_s + beta_s_per_byte * bytes."""
+
+    alpha_s: float
+    beta_s_per_byte: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    device: Device
+    gpus_per_node: int
+    nodes: int
+    intra_node: Link
+    inter_node: Link | None
+    description: str = ""
+    measured: bool = False  # a calibrated profile of a machine diffscale ran on
+    fits: dict[tuple[str, int], Fit] = field(default_factory=dict)  # (op, group size) -> Fit
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+
+def _read(path: Path) -> dict:
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+@cache
+def devices(root: Path = HARDWARE_DIR) -> dict[str, Device]:
+    out = {}
+    for name, d in _read(root / "devices.yaml").items():
+        tflops = {
+            k.removesuffix("_tflops"): float(v) for k, v in d.items() if k.endswith("_tflops")
+        }
+        out[name] = Device(name, tflops, float(d["mem_bandwidth_gb_s"]), float(d["mem_gb"]))
+    return out
+
+
+@cache
+def links(root: Path = HARDWARE_DIR) -> dict[str, Link]:
+    return {
+        name: Link(
+            name,
+            float(d["bandwidth_gb_s"]),
+            float(d["latency_us"]),
+            bool(d.get("shared_by_node", False)),
+        )
+        for name, d in _read(root / "links.yaml").items()
+    }
+
+
+def _device(value, root: Path) -> Device:
+    if isinstance(value, str):
+        known = devices(root)
+        if value not in known:
+            raise ValueError(f"device {value!r} is not in devices.yaml; known: {', '.join(known)}")
+        return known[value]
+    tflops = {
+        k.removesuffix("_tflops"): float(v) for k, v in value.items() if k.endswith("_tflops")
+    }
+    return Device(
+        value["name"],
+        tflops,
+        float(value.get("mem_bandwidth_gb_s", 0)),
+        float(value.get("mem_gb", 0)),
+        bool(value.get("achieved", False)),
+    )
+
+
+def _link(value, root: Path) -> Link | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        known = links(root)
+        if value not in known:
+            raise ValueError(f"link {value!r} is not in links.yaml; known: {', '.join(known)}")
+        return known[value]
+    return Link(
+        value["name"],
+        float(value["bandwidth_gb_s"]),
+        float(value["latency_us"]),
+        bool(value.get("shared_by_node", False)),
+    )
+
+
+def load_profile(name_or_path: str | Path, root: Path = HARDWARE_DIR) -> Profile:
+    """A system profile by name (a file in configs/hardware/) or by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = root / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ValueError(
+            f"no hardware profile {name_or_path!r}; available: {', '.join(available_profiles(root))}"
+        )
+    d = _read(path)
+    fits = {
+        (op, int(size)): Fit(float(f["alpha_s"]), float(f["beta_s_per_byte"]))
+        for op, by_size in (d.get("collectives") or {}).items()
+        for size, f in by_size.items()
+    }
+    nodes = int(d.get("nodes", 1))
+    inter = _link(d.get("inter_node_link"), root)
+    if nodes > 1 and inter is None:
+        raise ValueError(f"{path}: {nodes} nodes need an inter_node_link")
+    return Profile(
+        name=d.get("name", path.stem),
+        device=_device(d["device"], root),
+        gpus_per_node=int(d["gpus_per_node"]),
+        nodes=nodes,
+        intra_node=_link(d["intra_node_link"], root),
+        inter_node=inter,
+        description=d.get("description", ""),
+        measured=bool(d.get("measured", False)),
+        fits=fits,
+    )
+
+
+def available_profiles(root: Path = HARDWARE_DIR) -> list[str]:
+    return sorted(p.stem for p in root.glob("*.yaml") if p.name not in CATALOGS)

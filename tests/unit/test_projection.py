@@ -1,0 +1,136 @@
+"""Projection: alpha-beta formulas, bus-bandwidth factors, and re-timing of hand-made traces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis.hardware import Device, Link, Profile
+from analysis.projection import (
+    RankTrace,
+    alpha_beta_time,
+    bus_bandwidth,
+    group_members,
+    op_time,
+    simulate,
+)
+from suite.comm import EVENT_DTYPE, OPS
+from suite.mesh import AXES
+from suite.runner import STEP_DTYPE
+
+
+def test_alpha_beta_formulas_on_known_numbers():
+    a, bw, n = 1e-5, 1e9, 1e6  # 10 us, 1 GB/s, 1 MB
+    assert alpha_beta_time("all_gather", n, 4, a, bw) == pytest.approx(3e-5 + 0.75e-3)
+    assert alpha_beta_time("reduce_scatter", n, 4, a, bw) == pytest.approx(3e-5 + 0.75e-3)
+    assert alpha_beta_time("all_reduce", n, 4, a, bw) == pytest.approx(6e-5 + 1.5e-3)
+    assert alpha_beta_time("all_to_all", n, 2, a, bw) == pytest.approx(1e-5 + 0.5e-3)
+    assert alpha_beta_time("send", n, 2, a, bw) == pytest.approx(1e-5 + 1e-3)
+    assert alpha_beta_time("all_reduce", n, 1, a, bw) == 0.0
+
+
+def test_busbw_factors_match_nccl_tests():
+    # 1 GB in 1 s on 8 ranks
+    assert bus_bandwidth("all_reduce", 1e9, 8, 1.0) == (1e9, pytest.approx(1.75e9))
+    assert bus_bandwidth("all_gather", 1e9, 8, 1.0)[1] == pytest.approx(0.875e9)
+    assert bus_bandwidth("reduce_scatter", 1e9, 8, 1.0)[1] == pytest.approx(0.875e9)
+    assert bus_bandwidth("all_to_all", 1e9, 8, 1.0)[1] == pytest.approx(0.875e9)
+    assert bus_bandwidth("broadcast", 1e9, 8, 1.0)[1] == pytest.approx(1e9)
+
+
+def test_group_members_follow_the_mesh_axis_order():
+    degrees = {"cfg": 2, "ulysses": 2}  # cfg outer, ulysses inner
+    assert group_members(degrees, 0, "ulysses") == [0, 1]
+    assert group_members(degrees, 3, "ulysses") == [2, 3]
+    assert group_members(degrees, 1, "cfg") == [1, 3]
+    assert group_members(degrees, 2, "patch") == [2]
+
+
+def _profile(gpus_per_node=8, nodes=2) -> Profile:
+    dev = Device("x", {"bf16": 100.0}, 1000.0, 80.0)
+    return Profile(
+        "p", dev, gpus_per_node, nodes,
+        intra_node=Link("fast", 100.0, 2.0),
+        inter_node=Link("nic", 10.0, 20.0, shared_by_node=True),
+    )  # fmt: skip
+
+
+def test_link_is_chosen_by_the_group_span():
+    prof = _profile()
+    inside = op_time(prof, "all_gather", 1e8, [0, 1])
+    across = op_time(prof, "all_gather", 1e8, [0, 8])
+    assert inside == pytest.approx(2e-6 + 0.5 * 1e8 / 100e9)
+    # one NIC per node shared by its 8 GPUs: 10 GB/s / 8 per rank
+    assert across == pytest.approx(20e-6 + 0.5 * 1e8 / (10e9 / 8))
+
+
+def _ev(op, axis, issue, done, wait_start, wait_end, is_async, peer=-1, nbytes=1000):
+    e = np.zeros(1, dtype=EVENT_DTYPE)
+    e["op"], e["axis"], e["group_size"], e["group_first"], e["peer"] = (
+        OPS.index(op),
+        AXES.index(axis),
+        2,
+        0,
+        peer,
+    )
+    e["nbytes"], e["is_async"] = nbytes, is_async
+    e["t_issue"], e["t_done"], e["t_wait_start"], e["t_wait_end"] = (
+        issue,
+        done,
+        wait_start,
+        wait_end,
+    )
+    return e
+
+
+def _steps(*bounds):
+    return np.array([(0, i, a, b) for i, (a, b) in enumerate(bounds)], dtype=STEP_DTYPE)
+
+
+def test_timeline_sync_async_hidden_and_async_exposed():
+    # Measured (seconds): rank 0 computes 0-1, a blocking all_reduce (1-1.2), computes to 2,
+    # issues an async all_gather at 2 and waits at 2.9 (already done: hidden). Rank 1 is slower
+    # to the all_reduce (1.5) and waits for its gather early (2.2-2.6: exposed).
+    r0 = np.concatenate(
+        [
+            _ev("all_reduce", "patch", 1.0, 1.2, 1.0, 1.2, False),
+            _ev("all_gather", "patch", 2.0, 2.5, 2.9, 3.0, True),
+        ]
+    )
+    r1 = np.concatenate(
+        [
+            _ev("all_reduce", "patch", 1.5, 1.6, 1.5, 1.6, False),
+            _ev("all_gather", "patch", 2.1, 2.6, 2.2, 2.6, True),
+        ]
+    )
+    traces = [RankTrace(0, _steps((0.0, 3.0)), r0), RankTrace(1, _steps((0.0, 3.0)), r1)]
+    # every op costs 0.5 s on the target; compute runs 2x slower there
+    p = simulate(traces, {"patch": 2}, lambda op, n, m: 0.5, compute_scale=2.0)
+    # Hand-computed: all_reduce starts when rank 1 arrives (T=3.0), ends 3.5. Rank 0 then
+    # computes 0.8 s measured -> 1.6 (T=5.1) and issues the gather; rank 1 issues at 4.5; the
+    # gather ends 5.6. Rank 0 computes until its wait at 6.9 (hidden); rank 1 waits 4.7 -> 5.6
+    # (0.9 exposed) and finishes at 6.4.
+    assert p.latency_s == pytest.approx(6.9)
+    assert p.comm_s == pytest.approx((2.0 + 1.6) / 2)  # per-rank issue-to-end sums
+    assert p.exposed_comm_s == pytest.approx((1.5 + 1.4) / 2)
+    assert p.compute_s == pytest.approx((6.9 + 6.4) / 2 - 1.45)
+
+
+def test_point_to_point_pairs_send_with_receive():
+    # rank 0 computes 1 s then sends; rank 1 posts its receive at once and blocks on it
+    r0 = _ev("send", "pipefusion", 1.0, 1.0, 1.0, 1.0, False, peer=1)
+    r1 = _ev("recv", "pipefusion", 0.0, 1.0, 0.0, 1.0, False, peer=0)
+    traces = [RankTrace(0, _steps((0.0, 1.0)), r0), RankTrace(1, _steps((0.0, 2.0)), r1)]
+    p = simulate(traces, {"pipefusion": 2}, lambda op, n, m: 0.25, compute_scale=1.0)
+    # the transfer starts when the sender arrives (1.0) and takes 0.25; rank 1 then computes
+    # the 1 s it measured after its receive
+    assert p.latency_s == pytest.approx(2.25)
+
+
+def test_unmatched_collectives_are_reported():
+    from analysis.projection import ProjectionError
+
+    r0 = _ev("all_reduce", "patch", 0.5, 0.6, 0.5, 0.6, False)
+    traces = [RankTrace(0, _steps((0.0, 1.0)), r0), RankTrace(1, _steps((0.0, 1.0)), r0[:0])]
+    with pytest.raises(ProjectionError, match="unmatched"):
+        simulate(traces, {"patch": 2}, lambda op, n, m: 0.1, compute_scale=1.0)

@@ -20,6 +20,7 @@ import yaml
 
 HARDWARE_DIR = Path(__file__).resolve().parent.parent / "configs" / "hardware"
 CATALOGS = ("devices.yaml", "links.yaml")
+DTYPE_KEYS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}  # run dtype -> catalog key
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,9 @@ class Device:
     achieved: bool = False  # measured throughput (calibrated), not the datasheet peak
 
     def throughput(self, dtype: str) -> float:
-        """TFLOP/s for `dtype` (float32 falls back to tf32 on tensor-core devices)."""
-        for key in (dtype, "tf32" if dtype == "float32" else None):
+        """TFLOP/s for `dtype` (torch or short name; fp32 falls back to tf32 tensor cores)."""
+        short = DTYPE_KEYS.get(dtype, dtype)
+        for key in (short, "tf32" if short == "fp32" else None):
             if key in self.tflops:
                 return self.tflops[key]
         raise ValueError(
@@ -70,6 +72,13 @@ class Profile:
     description: str = ""
     measured: bool = False  # a calibrated profile of a machine diffscale ran on
     fits: dict[tuple[str, int], Fit] = field(default_factory=dict)  # (op, group size) -> Fit
+    cpu_cores: int | None = None  # CPU profiles: ranks beyond the cores share them
+
+    def contention(self, world_size: int, threads_per_rank: int) -> float:
+        """How much slower compute runs because ranks share cores (1 on GPUs)."""
+        if not self.cpu_cores:
+            return 1.0
+        return max(1.0, world_size * threads_per_rank / self.cpu_cores)
 
     @property
     def world_size(self) -> int:
@@ -170,6 +179,7 @@ def load_profile(name_or_path: str | Path, root: Path = HARDWARE_DIR) -> Profile
         description=d.get("description", ""),
         measured=bool(d.get("measured", False)),
         fits=fits,
+        cpu_cores=d.get("cpu_cores"),
     )
 
 

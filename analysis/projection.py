@@ -248,6 +248,7 @@ def project_run(
     source: Profile,
     target: Profile,
     dtype: str,
+    extra_scale: float = 1.0,
 ) -> Projected:
     """Project a stored run (per rank: its steps and events arrays) onto `target`.
 
@@ -258,7 +259,7 @@ def project_run(
         raise ValueError(
             f"run needs {world} devices; profile {target.name} has {target.world_size}"
         )
-    scale = compute_scale(source, target, dtype)
+    scale = compute_scale(source, target, dtype) * extra_scale
     repeats = sorted(set(traces_by_rank[0][0]["repeat"].tolist()))
     results = []
     for rep in repeats:
@@ -271,3 +272,57 @@ def project_run(
     return (
         results[len(results) // 2] if results else Projected(math.nan, math.nan, math.nan, math.nan)
     )
+
+
+def project_store(
+    db_path, hardware: list[str], source: str, dtype: str | None = None
+) -> list[dict]:
+    """Project every ok run of a results store onto each profile in `hardware`.
+
+    `source` is the calibrated profile of the machine the runs were measured on; `dtype`
+    overrides the runs' dtype on the target (e.g. bf16 for fp32 CPU traces). Rows go to the
+    `projection` table (replacing earlier projections of the same run and profile) and are
+    returned; runs a profile cannot hold are skipped with a note.
+    """
+    import json
+    from pathlib import Path
+
+    from analysis.hardware import load_profile
+    from suite.results import ResultStore
+
+    src = load_profile(source)
+    targets = [load_profile(h) for h in hardware]
+    rows = []
+    with ResultStore(Path(db_path)) as store:
+        runs = store.table("runs")
+        for run in runs[runs["status"] == "ok"].itertuples():
+            trace = np.load(store.root / run.output_dir / "trace.npz")
+            by_rank = {
+                r: (trace[f"steps_rank{r}"], trace[f"events_rank{r}"])
+                for r in range(int(run.world_size))
+            }
+            degrees = json.loads(run.degrees)
+            # compute measured under core sharing (a real CPU world) is first undone
+            measured_contention = (
+                src.contention(run.world_size, run.threads_per_rank)
+                if run.world_mode == "real"
+                else 1.0
+            )
+            for target in targets:
+                if run.world_size > target.world_size:
+                    continue
+                scale_fix = (
+                    target.contention(run.world_size, run.threads_per_rank) / measured_contention
+                )
+                p = project_run(
+                    by_rank, degrees, src, target, dtype or run.dtype, extra_scale=scale_fix
+                )
+                row = {"run_id": run.run_id, "hardware": target.name, "latency_s": p.latency_s,
+                       "compute_s": p.compute_s, "comm_s": p.comm_s, "exposed_comm_s": p.exposed_comm_s}  # fmt: skip
+                store.save_rows(
+                    "projection",
+                    [row],
+                    replace_where={"run_id": run.run_id, "hardware": target.name},
+                )
+                rows.append(row)
+    return rows

@@ -56,7 +56,9 @@ def test_collective_results(results):
     assert torch.equal(o0["all_gather"], torch.cat([torch.ones(3, 4), 2 * torch.ones(3, 4)], 1))
     assert torch.equal(o0["all_reduce"], torch.full((3, 4), 3.0))
     # rank 0 keeps columns 0-1 of both ranks' inputs, stacked along dim 0
-    expected = torch.cat([torch.arange(8.0).reshape(2, 4)[:, :2], torch.arange(8.0).reshape(2, 4)[:, :2] + 10])
+    expected = torch.cat(
+        [torch.arange(8.0).reshape(2, 4)[:, :2], torch.arange(8.0).reshape(2, 4)[:, :2] + 10]
+    )
     assert torch.equal(o0["all_to_all"], expected)
     assert torch.equal(o1["reduce_scatter"], torch.full((2, 2), 3.0))
     assert torch.equal(o0["broadcast"], torch.ones(5))
@@ -67,7 +69,14 @@ def test_collective_results(results):
 def test_ledger_records_every_op_with_nccl_tests_sizes(results):
     _, events, layers = results[0]
     by_op = {OPS[e["op"]]: e for e in events}
-    assert set(by_op) == {"all_gather", "all_reduce", "all_to_all", "reduce_scatter", "broadcast", "send"}
+    assert set(by_op) == {
+        "all_gather",
+        "all_reduce",
+        "all_to_all",
+        "reduce_scatter",
+        "broadcast",
+        "send",
+    }
     assert by_op["all_reduce"]["nbytes"] == 48  # the buffer
     assert by_op["all_to_all"]["nbytes"] == 32  # the buffer (8 floats)
     assert by_op["reduce_scatter"]["nbytes"] == 32  # the full input (4x2 floats)
@@ -147,7 +156,8 @@ def test_data_parallel_run_matches_single_device(world1, world2):
 
 
 @pytest.mark.parametrize(
-    "preset", ["tiny-sdxl", "tiny-pixart-alpha", "tiny-dit-xl-2", "tiny-sd3-medium", "tiny-flux-dev"]
+    "preset",
+    ["tiny-sdxl", "tiny-pixart-alpha", "tiny-dit-xl-2", "tiny-sd3-medium", "tiny-flux-dev"],
 )
 def test_baseline_run_reproduces_reference_loop(world1, preset):
     import workloads
@@ -166,3 +176,13 @@ def test_baseline_run_reproduces_reference_loop(world1, preset):
     # Same process type, seed, thread count and loop: the harness adds hooks, not arithmetic.
     torch.testing.assert_close(result.latents, workloads.denoise(wl), rtol=0, atol=0)
     assert result.param_bytes == sum(p.numel() * 4 for p in wl.model.parameters())
+
+
+def test_calibration_measures_every_op_on_a_real_world(world2):
+    from suite.calibrate import CALIBRATED_OPS, measure_collectives
+
+    per_rank = world2.call(measure_collectives, (1024, 4096))
+    rows = [r for rank_rows in per_rank for r in rank_rows]
+    assert {r["op"] for r in rows} == set(CALIBRATED_OPS)
+    assert all(r["time_s"] > 0 for r in rows if r["op"] != "send" or r["rank"] < 2)
+    assert {r["nbytes"] for r in rows} == {1024, 4096}

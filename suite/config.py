@@ -192,9 +192,9 @@ class RunSpec:
     def label(self) -> str:
         degrees = " ".join(f"{a}={d}" for a, d in self.degrees) or "single"
         opts = " ".join(f"{k}={v}" for k, v in self.options)
-        return (
-            f"{self.workload} {self.height}x{self.width} {self.strategy}[{degrees}] {opts}".strip()
-        )
+        fake = " (fake world)" if self.world_mode == "fake" else ""
+        name = f"{self.workload} {self.height}x{self.width} {self.strategy}[{degrees}]{fake}"
+        return f"{name} {opts}".strip()
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,11 @@ class Profile:
     description: str = ""
     measured: bool = False  # a calibrated profile of a machine diffscale ran on
     fits: dict[tuple[str, int], Fit] = field(default_factory=dict)  # (op, group size) -> Fit
+    # calibrated profiles: measured (bytes, seconds) per (op, group size), preferred to the fit
+    # inside the measured range (large messages bend away from a straight alpha-beta line)
+    curves: dict[tuple[str, int], tuple[tuple[float, ...], tuple[float, ...]]] = field(
+        default_factory=dict
+    )
     cpu_cores: int | None = None  # CPU profiles: ranks beyond the cores share them
 
     def contention(self, world_size: int, threads_per_rank: int) -> float:
@@ -165,6 +170,14 @@ def load_profile(name_or_path: str | Path, root: Path = HARDWARE_DIR) -> Profile
         for op, by_size in (d.get("collectives") or {}).items()
         for size, f in by_size.items()
     }
+    raw = (d.get("measurements") or {}).get("raw") or []
+    points: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for r in raw:
+        for op in ("send", "recv") if r["op"] == "send" else (r["op"],):
+            points.setdefault((op, int(r["group_size"])), []).append(
+                (float(r["nbytes"]), float(r["time_s"]))
+            )
+    curves = {k: tuple(zip(*sorted(v), strict=True)) for k, v in points.items()}
     nodes = int(d.get("nodes", 1))
     inter = _link(d.get("inter_node_link"), root)
     if nodes > 1 and inter is None:
@@ -179,6 +192,7 @@ def load_profile(name_or_path: str | Path, root: Path = HARDWARE_DIR) -> Profile
         description=d.get("description", ""),
         measured=bool(d.get("measured", False)),
         fits=fits,
+        curves=curves,
         cpu_cores=d.get("cpu_cores"),
     )
 

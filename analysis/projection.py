@@ -77,6 +77,10 @@ def group_members(degrees: dict[str, int], rank: int, axis: str) -> list[int]:
 def op_time(profile: Profile, op: str, nbytes: float, members: list[int]) -> float:
     """Projected seconds of one collective on `profile` among global ranks `members`."""
     p = len(members)
+    curve = profile.curves.get((op, p))
+    if curve is not None and curve[0][0] <= nbytes <= curve[0][-1]:
+        # inside the calibrated range: interpolate the measurements in log-log space
+        return float(np.exp(np.interp(np.log(nbytes), np.log(curve[0]), np.log(curve[1]))))
     fit = profile.fits.get((op, p))
     if fit is not None:
         return fit.alpha_s + fit.beta_s_per_byte * nbytes

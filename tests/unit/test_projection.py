@@ -134,3 +134,17 @@ def test_unmatched_collectives_are_reported():
     traces = [RankTrace(0, _steps((0.0, 1.0)), r0), RankTrace(1, _steps((0.0, 1.0)), r0[:0])]
     with pytest.raises(ProjectionError, match="unmatched"):
         simulate(traces, {"patch": 2}, lambda op, n, m: 0.1, compute_scale=1.0)
+
+
+def test_calibrated_curve_is_interpolated_inside_its_range_and_fit_outside():
+    from analysis.hardware import Fit
+
+    prof = _profile()
+    curves = {("all_reduce", 2): ((1e3, 1e6, 1e9), (1e-4, 1e-3, 2.0))}
+    prof = Profile(
+        **{**prof.__dict__, "curves": curves, "fits": {("all_reduce", 2): Fit(1e-4, 1e-9)}}
+    )
+    assert op_time(prof, "all_reduce", 1e6, [0, 1]) == pytest.approx(1e-3)
+    # halfway in log size between 1e6 and 1e9 -> geometric mean of the times
+    assert op_time(prof, "all_reduce", 10**7.5, [0, 1]) == pytest.approx((1e-3 * 2.0) ** 0.5)
+    assert op_time(prof, "all_reduce", 1e10, [0, 1]) == pytest.approx(1e-4 + 10.0)  # the fit

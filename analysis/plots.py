@@ -202,3 +202,123 @@ def plot_breakdown(df: pd.DataFrame, path: str | Path) -> Path:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize="small", loc="outside lower center", ncols=2)
     return _save(fig, path)
+
+
+# -- per-rank breakdown and overlap (frames of analysis.breakdown) ----------------------------
+def _empty_note(title: str, path: str | Path, note: str) -> Path:
+    fig = Figure(figsize=(6, 2.5))
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=14, color="grey")
+    return _save(fig, path)
+
+
+def _breakdown_label(r: pd.Series) -> str:
+    text = f"{r['workload']} {r['height']}x{r['width']} | {r['strategy']} w{r['world_size']}"
+    options = r.get("options")
+    if isinstance(options, str) and options:  # e.g. two distrifusion runs differing in options
+        text += f" [{options}]"
+    return text
+
+
+def _panels(df: pd.DataFrame, bar_height: float) -> tuple[Figure, list, list[pd.DataFrame]]:
+    """One panel per workload (their costs differ by orders of magnitude), baseline first."""
+    df = df.assign(_not_base=df["strategy"] != BASELINE_STRATEGY)
+    order = ["workload", "height", "width", "_not_base", "strategy", "world_size", "run_id"]
+    df = df.sort_values([c for c in order if c in df.columns], kind="stable")
+    groups = [g for _, g in df.groupby("workload", sort=True)]
+    sizes = [len(g) for g in groups]
+    height = bar_height * len(df) + 1.1 * len(groups) + 1.2
+    fig = Figure(figsize=(9, max(3.0, height)), layout="constrained")
+    axes = fig.subplots(len(groups), 1, squeeze=False, height_ratios=sizes)[:, 0]
+    return fig, list(axes), groups
+
+
+def plot_rank_breakdown(ranks: pd.DataFrame, path: str | Path) -> Path:
+    """Per-step time (s) of every rank of every ok run (`analysis.breakdown.rank_breakdown`).
+
+    compute_s and exposed_comm_s are stacked (together the step); overlapped_comm_s ran under
+    compute, so it is a thinner hatched bar below rather than part of the stack. A rank whose
+    bar is longer than its peers' is the one the others wait for. Returns `path`.
+    """
+    title = "Per-rank breakdown per step (measured)"
+    if ranks.empty:
+        return _empty(title, path)
+    fig, axes, groups = _panels(ranks, 0.4)
+    for ax, rows in zip(axes, groups, strict=True):
+        y = np.arange(len(rows))
+        compute = rows["compute_s"].fillna(0.0).to_numpy(float)
+        exposed = rows["exposed_comm_s"].fillna(0.0).to_numpy(float)
+        overlapped = np.clip(rows["overlapped_comm_s"].fillna(0.0).to_numpy(float), 0.0, None)
+        ax.barh(y - 0.12, compute, height=0.5, color="tab:blue", label="compute_s")
+        ax.barh(
+            y - 0.12, exposed, left=compute, height=0.5, color="tab:red", label="exposed_comm_s"
+        )
+        ax.barh(
+            y + 0.3,
+            overlapped,
+            height=0.22,
+            facecolor="white",
+            edgecolor="tab:red",
+            hatch="////",
+            label="overlapped_comm_s (hidden by compute)",
+        )
+        labels = [f"{_breakdown_label(r)} | rank {r['rank']}" for _, r in rows.iterrows()]
+        ax.set_yticks(y, labels, fontsize="small")
+        ax.set_ylim(len(rows) - 0.4, -0.6)
+        ax.margins(x=0.04)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.set_title(str(rows["workload"].iloc[0]), fontsize="medium", loc="left")
+    axes[-1].set_xlabel("time per denoising step [s], mean over timed steps")
+    fig.suptitle(title)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize="small", loc="outside lower center", ncols=3)
+    return _save(fig, path)
+
+
+def plot_overlap(ranks: pd.DataFrame, path: str | Path) -> Path:
+    """Communication per step (s) of each ok run with communication, mean over ranks: the part
+    the ranks were blocked on (exposed) and the part hidden under compute (overlapped), with
+    overlap_pct written at the end of each bar. Takes `rank_breakdown`'s frame; returns `path`.
+    """
+    title = "Communication overlap per step (measured, mean over ranks)"
+    keys = ["run_id", "workload", "height", "width", "strategy", "options", "world_size"]
+    keys = [k for k in keys if k in ranks.columns]
+    runs = (
+        ranks.groupby(keys, dropna=False, sort=False)[["comm_s", "exposed_comm_s"]]
+        .mean()
+        .reset_index()
+    )
+    runs = runs[runs["comm_s"].fillna(0.0) > 0]
+    if runs.empty:
+        return _empty_note(title, path, "no run logged communication")
+    fig, axes, groups = _panels(runs, 0.35)
+    for ax, rows in zip(axes, groups, strict=True):
+        y = np.arange(len(rows))
+        comm = rows["comm_s"].to_numpy(float)
+        exposed = np.minimum(rows["exposed_comm_s"].fillna(0.0).to_numpy(float), comm)
+        ax.barh(y, exposed, height=0.6, color="tab:red", label="exposed (rank blocked)")
+        ax.barh(
+            y,
+            comm - exposed,
+            left=exposed,
+            height=0.6,
+            facecolor="white",
+            edgecolor="tab:red",
+            hatch="////",
+            label="overlapped (hidden by compute)",
+        )
+        for yi, c, e in zip(y, comm, exposed, strict=True):
+            ax.text(c, yi, f"  {100.0 * (1.0 - e / c):.0f}% overlap", va="center", fontsize="small")
+        ax.set_yticks(y, [_breakdown_label(r) for _, r in rows.iterrows()], fontsize="small")
+        ax.set_ylim(len(rows) - 0.4, -0.6)
+        ax.margins(x=0.25)
+        ax.set_xlim(left=0)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.set_title(str(rows["workload"].iloc[0]), fontsize="medium", loc="left")
+    axes[-1].set_xlabel("summed collective time per denoising step [s] (comm_s)")
+    fig.suptitle(title)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize="small", loc="outside lower center", ncols=2)
+    return _save(fig, path)

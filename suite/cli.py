@@ -28,6 +28,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for note in config.warnings:
         print(f"warning: {note}", file=sys.stderr)
     out = Path(args.out) if args.out else default_out_dir(config.experiment)
+    if args.profile:  # read by every rank (spawned ranks inherit it); not part of run identity
+        import os
+
+        from suite.profiling import PROFILE_ENV
+
+        os.environ[PROFILE_ENV] = "1"
     if args.dry_run:
         from suite.results import ResultStore
 
@@ -128,6 +134,85 @@ def _cmd_workloads(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from suite.calibrate import calibrate, size_ladder
+
+    profile_path, plot, profile = calibrate(
+        world_sizes=tuple(int(w) for w in args.world_sizes.split(",")),
+        sizes=size_ladder(args.sizes),
+        threads=args.threads,
+        name=args.name,
+        out_dir=Path(args.out),
+        preset=args.preset,
+    )
+    m = profile["measurements"]
+    print(f"profile: {profile_path}\nplot:    {plot}")
+    print(
+        f"compute (fp32, {args.threads} thread(s)): GEMM {m['gemm_fp32_tflops'] * 1e3:.1f} GFLOP/s, "
+        f"attention {m['attention_fp32_tflops'] * 1e3:.1f} GFLOP/s, "
+        f"{m['model_step_preset']} step {m['model_step_fp32_tflops'] * 1e3:.1f} GFLOP/s"
+    )
+    for op, by_size in profile["collectives"].items():
+        for p, fit in by_size.items():
+            bw = 1e-9 / fit["beta_s_per_byte"] if fit["beta_s_per_byte"] > 0 else float("inf")
+            print(
+                f"  {op:15s} {p} ranks: alpha {fit['alpha_s'] * 1e6:8.1f} us  1/beta {bw:6.2f} GB/s"
+            )
+    return 0
+
+
+def _cmd_project(args: argparse.Namespace) -> int:
+    from analysis.hardware import available_profiles
+    from analysis.projection import project_store
+
+    db = _db_of(args.results)
+    names = [h.strip() for h in args.hardware.split(",") if h.strip()]
+    unknown = [h for h in names if h not in available_profiles() and not Path(h).is_file()]
+    if unknown:
+        print(
+            f"error: --hardware {unknown}: unknown; available: {', '.join(available_profiles())}",
+            file=sys.stderr,
+        )
+        return 2
+    rows = project_store(db, names, args.source, args.dtype)
+    print(f"{len(rows)} projections (PROJECTED, not measured) -> {db} table 'projection'")
+    from analysis.projection_report import write_projection_report
+    from analysis.report import default_report_dir
+
+    page = write_projection_report(
+        db, Path(args.out) if args.out else default_report_dir(db), args.source
+    )
+    print(f"report: {page.resolve()}")
+    for r in rows:
+        print(f"  {r['run_id']}  {r['hardware']:28s} latency {r['latency_s']:.4g} s  "
+              f"exposed comm {r['exposed_comm_s']:.3g} s/step")  # fmt: skip
+    return 0
+
+
+def _cmd_fidelity(args: argparse.Namespace) -> int:
+    from suite.fidelity_score import FidelityOptions, score_store
+    from suite.results import ResultStore
+
+    db = _db_of(args.results)
+    if args.reference and not Path(args.reference).is_dir():
+        print(f"error: --reference {args.reference}: not a directory of images", file=sys.stderr)
+        return 2
+    options = FidelityOptions(
+        reference=args.reference,
+        weights_dir=args.weights_dir,
+        allow_download=False if args.no_download else None,
+    )
+    with ResultStore(db) as store:
+        for note in score_store(store, options, rescore=args.rescore):
+            print(note)
+        table = store.table("fidelity")
+    missing = table[table["value"].isna()].drop_duplicates("metric")
+    for _, r in missing.iterrows():
+        print(f"  {r['metric']} missing: {str(r['backbone']).removeprefix('missing: ')}")
+    print(f"{len(table)} fidelity rows -> {db} table 'fidelity' (diffscale report to see them)")
+    return 0
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:,.1f}"
@@ -171,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--profile",
+        action="store_true",
+        help="wrap the timed loops in torch.profiler: runs/<run_id>/rank{r}_trace.json.gz per "
+        "rank and the ledger's timeline ledger_trace.json.gz (Chrome trace, open in Perfetto); "
+        "the profiler's overhead is then part of the latency; runs already stored are not rerun",
+    )
     run.set_defaults(func=_cmd_run)
 
     report = sub.add_parser(
@@ -208,6 +300,68 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--full", dest="tiny", action="store_false", help="full-size presets only")
     wl.set_defaults(func=_cmd_workloads)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="measure this machine's collectives and compute; write a hardware profile",
+        description="Time all_gather, all_reduce, all_to_all, reduce_scatter and send/recv "
+        "through the comm ledger's path, nccl-tests style (sizes in its convention, slowest "
+        "rank), in local worlds of each --world-sizes; fit alpha and beta per op and group size; "
+        "measure fp32 GEMM, attention and a denoiser step; write configs/hardware/NAME.yaml and "
+        "reports/calibration/NAME.png (measured vs fitted).",
+    )
+    cal.add_argument("--world-sizes", default="2,4", help="comma-separated (default 2,4)")
+    cal.add_argument("--sizes", default="1K-256M", help="byte range, x4 steps (default 1K-256M)")
+    cal.add_argument("--threads", type=int, default=1, help="intra-op threads per rank (default 1)")
+    cal.add_argument("--name", default="local-cpu", help="profile name (default local-cpu)")
+    cal.add_argument("--out", default="configs/hardware", help="profile directory")
+    cal.add_argument(
+        "--preset", default="small-pixart-alpha", help="preset timed for the model step"
+    )
+    cal.set_defaults(func=_cmd_calibrate)
+
+    proj = sub.add_parser(
+        "project",
+        help="re-time stored runs on other hardware (projected, never measured)",
+        description="Re-time each ok run's per-rank ledger trace on each hardware profile: "
+        "collectives by alpha-beta on the link their group crosses (inner mesh axes inside a "
+        "node, outer axes may cross nodes), async ops overlapping compute until their wait, "
+        "compute scaled by device throughput relative to --source. Fills the 'projection' table.",
+    )
+    proj.add_argument("results", help="results directory (or its results.db)")
+    proj.add_argument(
+        "--hardware", required=True, help="profile names, comma-separated (see configs/hardware)"
+    )
+    proj.add_argument(
+        "--source",
+        default="local-cpu",
+        help="calibrated profile of the machine the runs were measured on",
+    )
+    proj.add_argument("--dtype", help="dtype on the target (default: the run's), e.g. bf16")
+    proj.add_argument(
+        "--out", metavar="DIR", help="report directory (default reports/<experiment>)"
+    )
+    proj.set_defaults(func=_cmd_project)
+
+    fid = sub.add_parser(
+        "fidelity",
+        help="score runs' images vs their baseline (and a reference folder): PSNR, SSIM, LPIPS, FID",
+        description="Fill the 'fidelity' table: each ok run's images vs the single-device "
+        "baseline run with the same workload, size, steps, seeds ('original': PSNR, SSIM, LPIPS, "
+        "FID) and, with --reference, vs a folder of ground-truth images (FID). LPIPS / FID "
+        "networks load from --weights-dir, $DIFFSCALE_WEIGHTS_DIR or a download; without them "
+        "the metric is stored missing with the reason.",
+    )
+    fid.add_argument("results", help="results directory (or its results.db)")
+    fid.add_argument("--reference", metavar="DIR", help="folder of ground-truth images")
+    fid.add_argument(
+        "--weights-dir", metavar="DIR", help="local Inception / AlexNet weights (see README)"
+    )
+    fid.add_argument("--no-download", action="store_true", help="never try to download weights")
+    fid.add_argument(
+        "--rescore", action="store_true", help="score runs that already have fidelity rows too"
+    )
+    fid.set_defaults(func=_cmd_fidelity)
     return parser
 
 

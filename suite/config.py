@@ -198,12 +198,43 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
+class FidelitySettings:
+    """The config's `fidelity:` mapping (suite.fidelity_score): scoring inputs, not run identity.
+
+    fidelity: {reference: data/coco-val, weights_dir: ~/weights}
+    """
+
+    reference: str | None = None  # folder of ground-truth images: FID "vs ground truth"
+    weights_dir: str | None = None  # Inception / AlexNet weights; None: $DIFFSCALE_WEIGHTS_DIR
+
+
+def _check_fidelity(raw: Any, problems: list[str]) -> FidelitySettings:
+    if raw is None:
+        return FidelitySettings()
+    if not isinstance(raw, dict):
+        problems.append(f"fidelity: {raw!r} must be a mapping with keys reference, weights_dir")
+        return FidelitySettings()
+    values: dict[str, str] = {}
+    for key, value in raw.items():
+        if key not in ("reference", "weights_dir"):
+            problems.append(f"fidelity.{key}: unknown key; allowed: reference, weights_dir")
+        elif value is not None and not isinstance(value, str):
+            problems.append(f"fidelity.{key}: {value!r} must be a directory path")
+        elif key == "reference" and value and not Path(value).expanduser().is_dir():
+            problems.append(f"fidelity.reference: {value!r} is not a directory of images")
+        elif value:
+            values[key] = str(Path(value).expanduser())
+    return FidelitySettings(**values)
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     experiment: str
     description: str
     runs: tuple[RunSpec, ...]
     source: str = ""
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    fidelity: FidelitySettings = field(default_factory=FidelitySettings)
 
 
 _RESOLUTION = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
@@ -323,7 +354,15 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
     notes: list[str] = []
     if not isinstance(raw, dict):
         raise ConfigError([f"top level: expected a mapping, got {type(raw).__name__}"], source)
-    known = {"experiment", "description", "workloads", "resolutions", "settings", "strategies"}
+    known = {
+        "experiment",
+        "description",
+        "workloads",
+        "resolutions",
+        "settings",
+        "strategies",
+        "fidelity",
+    }
     for key in raw:
         if key not in known:
             problems.append(f"{key}: unknown key; allowed: {', '.join(sorted(known))}")
@@ -351,6 +390,7 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
     if not resolutions and not any(p.startswith("resolutions") for p in problems):
         problems.append("resolutions: missing or empty; e.g. [256] or ['512x1024']")
     settings = _check_settings(raw.get("settings"), "settings", Settings(), problems)
+    fidelity = _check_fidelity(raw.get("fidelity"), problems)
 
     entries = _as_list(raw.get("strategies"), "strategies", problems)
     if not entries:
@@ -458,6 +498,7 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
         runs=tuple(unique),
         source=source,
         warnings=tuple(dict.fromkeys(notes)),
+        fidelity=fidelity,
     )
 
 

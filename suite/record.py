@@ -13,6 +13,7 @@ import json
 import platform
 import socket
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 from suite.comm import OPS
 from suite.config import RunSpec
 from suite.mesh import AXES
+from suite.profiling import save_traces
 from suite.results import RunRecord
 from suite.runner import RankResult
 
@@ -191,15 +193,31 @@ def assemble(spec: RunSpec, results: list[RankResult], output_dir: str) -> RunRe
     return RunRecord(run=row, comm=comm, rank_steps=steps)
 
 
-def save_artifacts(results: list[RankResult], run_dir: Path) -> None:
-    """Final latents (rank 0) and every rank's raw step marks and ledger events."""
+def _save_images(spec: RunSpec, run_dir: Path, latents: torch.Tensor) -> None:
+    from suite.fidelity_images import write_run_images
+
+    try:
+        write_run_images(spec, run_dir, latents)
+    except Exception as e:  # noqa: BLE001 - images are a by-product: never lose the run for them
+        print(
+            f"warning: images of {spec.run_id} not saved: {type(e).__name__}: {e}", file=sys.stderr
+        )
+
+
+def save_artifacts(results: list[RankResult], run_dir: Path, spec: RunSpec | None = None) -> None:
+    """Final latents (rank 0), their decoded images (with `spec`, as run_dir/images/*.png) and
+    every rank's raw step marks and ledger events."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for r in results:
         if r.latents is not None:
             torch.save(r.latents, run_dir / "latents.pt")
+            if spec is not None:
+                _save_images(spec, run_dir, r.latents)
     arrays = {}
     for r in results:
         arrays[f"events_rank{r.rank}"] = r.events
         arrays[f"steps_rank{r.rank}"] = r.steps
         arrays[f"layers_rank{r.rank}"] = np.array(r.layers, dtype=str)
+        arrays[f"buffer_bytes_rank{r.rank}"] = np.array(r.buffer_bytes, dtype=np.int64)
     np.savez_compressed(run_dir / "trace.npz", **arrays)
+    save_traces(results, run_dir)  # profiler / ledger Chrome traces and NVML samples, if any

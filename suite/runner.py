@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from suite import parallel
+from suite import parallel, profiling
 from suite.comm import Comm, Ledger
 from suite.config import RunSpec
 from suite.mesh import ParallelDims, ParallelMesh
@@ -56,6 +56,9 @@ class RankResult:
     param_bytes: int
     warmup_steps: int
     latents: torch.Tensor | None = None
+    buffer_bytes: int = 0  # activation buffers the strategy keeps (e.g. stale K/V), bytes
+    trace_gz: bytes | None = None  # torch.profiler Chrome trace (gzip) when profiling was asked
+    nvml: np.ndarray | None = None  # suite.profiling.NVML_DTYPE samples; empty without NVML
 
 
 def device_name(device: torch.device) -> str:
@@ -192,7 +195,7 @@ def execute(spec: RunSpec, ctx: RankContext, progress=None) -> RankResult:
         guidance=spec.guidance,
         weights=spec.weights,
     )
-    ledger = Ledger(ctx.rank, cuda=ctx.device.type == "cuda")
+    ledger = Ledger(ctx.rank, cuda=ctx.device.type == "cuda", enabled=profiling.ledger_requested())
     comm = Comm(ctx.mesh(spec.dims), ledger)
     par = parallel.apply(spec.strategy, workload, comm, spec.options_dict)
     memory = _PeakMemory(ctx.device)
@@ -205,14 +208,15 @@ def execute(spec: RunSpec, ctx: RankContext, progress=None) -> RankResult:
         ledger.clear()  # only timed loops are kept
 
         loop_s, marks, latents = [], [], None
-        for r in range(spec.repeats):
-            ledger.repeat = r
-            per_loop: list = []
-            _barrier(ctx)
-            t0 = time.perf_counter()
-            latents = denoise(par, workload, ledger, ctx.device, per_loop, on_step=progress)
-            loop_s.append(time.perf_counter() - t0)
-            marks.extend((r, *m) for m in per_loop)
+        with profiling.Capture(ctx.device) as capture:  # profiler / NVML only when asked / there
+            for r in range(spec.repeats):
+                ledger.repeat = r
+                per_loop: list = []
+                _barrier(ctx)
+                t0 = time.perf_counter()
+                latents = denoise(par, workload, ledger, ctx.device, per_loop, on_step=progress)
+                loop_s.append(time.perf_counter() - t0)
+                marks.extend((r, *m) for m in per_loop)
 
     steps = np.array(marks, dtype=STEP_DTYPE)
     return RankResult(
@@ -226,7 +230,10 @@ def execute(spec: RunSpec, ctx: RankContext, progress=None) -> RankResult:
         peak_mem_bytes=memory.read(),
         param_bytes=_param_bytes(par.modules),
         warmup_steps=par.warmup_steps,
+        buffer_bytes=par.buffer_bytes() if par.buffer_bytes is not None else 0,
         latents=latents.detach().float().cpu() if ctx.rank == 0 else None,
+        trace_gz=capture.trace_gz,
+        nvml=capture.nvml,
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from suite.config import ExperimentConfig, RunSpec
+from suite.config import ExperimentConfig, FidelitySettings, RunSpec
 from suite.launch import LocalWorld, RunFailed, RunSkipped, TorchrunWorld
 from suite.record import assemble, failed_record, save_artifacts
 from suite.results import ResultStore
@@ -57,20 +57,30 @@ def _attempt(world, spec: RunSpec, progress=None):
         return None, str(e), None
 
 
-def _record(store: ResultStore, spec: RunSpec, outcome, summary: SweepSummary):
+def _record(store: ResultStore, spec: RunSpec, outcome, summary: SweepSummary, fidelity=None):
     results, error, skip = outcome
     run_dir = Path("runs") / spec.run_id
     if skip is not None:
         store.save(failed_record(spec, skip, status="skipped"))
         summary.unsupported.append((spec.label(), skip))
     elif error is None:
-        save_artifacts(results, store.root / run_dir)
+        save_artifacts(results, store.root / run_dir, spec)
         store.save(assemble(spec, results, str(run_dir)))
         summary.ok.append(spec.label())
+        _score(store, spec, fidelity)
     else:
         store.save(failed_record(spec, error))
         last = [line for line in error.strip().splitlines() if line.strip()]
         summary.failed.append((spec.label(), last[-1] if last else error))
+
+
+def _score(store: ResultStore, spec: RunSpec, fidelity) -> None:
+    """Fidelity vs the baseline when it is in this store (suite.fidelity_score); never raises."""
+    from suite.fidelity_score import FidelityOptions, score_after_record
+
+    fidelity = fidelity or FidelitySettings()
+    options = FidelityOptions(reference=fidelity.reference, weights_dir=fidelity.weights_dir)
+    score_after_record(store, spec, options)
 
 
 def run_local(
@@ -107,7 +117,7 @@ def run_local(
                 for spec in group:
                     runs_bar.set_postfix_str(spec.label(), refresh=True)
                     outcome = _attempt(world, spec, progress=lambda: steps_bar.update(1))
-                    _record(store, spec, outcome, summary)
+                    _record(store, spec, outcome, summary, config.fidelity)
                     runs_bar.update(1)
     finally:
         runs_bar.close()
@@ -151,7 +161,7 @@ def run_torchrun(
         for spec in todo:
             outcome = _attempt(world, spec)
             if store is not None:
-                _record(store, spec, outcome, summary)
+                _record(store, spec, outcome, summary, config.fidelity)
             bar.update(1)
     finally:
         bar.close()

@@ -9,7 +9,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .denoiser import Denoiser
 from .inputs import Inputs, make_inputs
-from .models import pretrained_model, random_model
+from .models import packaged_model, pretrained_model, random_model
 from .presets import Preset, get_preset
 from .schedulers import check_scheduler, make_scheduler
 
@@ -78,7 +78,8 @@ def build(
     """Build preset `preset` for `batch` images of height x width pixels.
 
     Same seed -> bitwise identical parameters (per device type) and inputs in every process.
-    weights: a saved model directory, a pipeline directory or a hub id; None: random init.
+    weights: a saved model directory, a pipeline directory or a hub id; None: the preset's
+    packaged trained weights (workloads/weights/) if it names some, else random init.
     """
     p = get_preset(preset)
     check_resolution(p, height, width)
@@ -93,7 +94,10 @@ def build(
     if guidance < 0:
         raise ValueError(f"guidance={guidance} must be >= 0 (<= 1 disables the CFG branch)")
 
-    if weights is None:
+    # on meta only shapes matter: no weights file is read (counts work before training)
+    if weights is None and p.weights_file and torch.device(device).type != "meta":
+        model = packaged_model(p, device, dtype)
+    elif weights is None:
         model = random_model(p, seed, device, dtype)
     else:
         model = pretrained_model(p, weights, device, dtype)

@@ -63,6 +63,10 @@ def _dit(x: Tensor, t: Tensor, c: Cond) -> dict:
     return dict(hidden_states=x, timestep=t, class_labels=c["class_labels"])
 
 
+def _unet2d(x: Tensor, t: Tensor, c: Cond) -> dict:
+    return dict(sample=x, timestep=t, class_labels=c["class_labels"])
+
+
 def _sd3(x: Tensor, t: Tensor, c: Cond) -> dict:
     return dict(
         hidden_states=x,
@@ -92,6 +96,7 @@ _KWARGS: dict[str, Callable[[Tensor, Tensor, Cond], dict]] = {
     "dit": _dit,
     "sd3": _sd3,
     "flux": _flux,
+    "unet2d": _unet2d,
 }
 
 

@@ -93,7 +93,7 @@ def _conditioning(
     null: bool,
 ) -> dict[str, torch.Tensor]:
     cond: dict[str, torch.Tensor] = {}
-    if preset.family == "dit":
+    if preset.family in ("dit", "unet2d"):
         # the label embedding reserves index num_classes for the null (dropped) class
         n = preset.num_classes
         labels = torch.randint(0, n, (batch,), generator=gen)

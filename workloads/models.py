@@ -79,6 +79,41 @@ def reinit_zero_parameters(model: torch.nn.Module, seed: int) -> list[str]:
     return names
 
 
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def packaged_weights_path(preset: Preset) -> Path:
+    """Where the preset's packaged weights live (workloads/weights/<weights_file>)."""
+    return WEIGHTS_DIR / preset.weights_file
+
+
+def packaged_model(
+    preset: Preset,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.nn.Module:
+    """The preset's model with the trained weights shipped in workloads/weights/.
+
+    The file holds bf16 tensors (to keep the repository small); they are cast to `dtype`, so
+    float32 runs compute in float32 on bf16-rounded weights, identically in every process.
+    """
+    from safetensors.torch import load_file
+
+    path = packaged_weights_path(preset)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"preset {preset.name!r} needs its trained weights at {path}; train them with "
+            f"`python -m workloads.train_tiny --model {preset.name}`"
+        )
+    state = load_file(str(path))
+    # built on CPU (non-persistent buffers such as DiT's positional table are computed, not
+    # stored), every parameter then overwritten: strict, so a stale file fails loudly
+    with torch.random.fork_rng(devices=[]):  # the throwaway init leaves the caller's RNG alone
+        model = model_class(preset).from_config(dict(preset.config))
+    model.load_state_dict(state, strict=True)
+    return _cast(model, dtype).to(device)
+
+
 def pretrained_model(
     preset: Preset,
     weights: str,

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-FAMILIES = ("unet", "pixart", "dit", "sd3", "flux")
+# unet2d: diffusers UNet2DModel, class-conditional, no text (the trained-tiny-unet preset)
+FAMILIES = ("unet", "pixart", "dit", "sd3", "flux", "unet2d")
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,27 @@ class Preset:
     tiny: bool
     description: str
     native_resolution: int  # pixels, square: the resolution the model was trained at
+    # packaged trained weights: a file in workloads/weights/ that build() loads ("" = random)
+    weights_file: str = ""
+    # overrides of the family's training noise schedule (e.g. prediction_type) for every solver
+    scheduler_config: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
 
     @property
     def num_classes(self) -> int:
         """Class count of a class-conditional model (0 otherwise); label num_classes is null."""
-        return int(self.config.get("num_embeds_ada_norm", 0)) if self.family == "dit" else 0
+        if self.family == "dit":
+            return int(self.config.get("num_embeds_ada_norm", 0))
+        if self.family == "unet2d":
+            # UNet2DModel's class embedding table holds the null label as its last row
+            return int(self.config.get("num_class_embeds", 1)) - 1
+        return 0
+
+    @property
+    def pixel_space(self) -> bool:
+        """True when the model denoises pixels directly (its latent is the RGB image)."""
+        return self.vae_scale_factor == 1 and self.latent_channels == 3
 
     @property
     def flow_matching(self) -> bool:
@@ -223,6 +240,57 @@ _TINY_FLUX = {
     "axes_dims_rope": (4, 6, 6),
 }
 
+
+# Trained tiny models (workloads/train_tiny.py): pixel space 32x32 RGB, 4 shape classes
+# (workloads/shapes.py), v-prediction on the DiT family's linear noise schedule. Sizes keep both
+# bf16 weight files under 10 MB together and a training run within minutes of 2 CPU cores.
+_TRAINED_UNET = {
+    "sample_size": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    # attention at 16x16 and 8x8 (and the mid block): patch methods exchange K/V there
+    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+    "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (32, 64, 128),
+    "layers_per_block": 1,
+    "attention_head_dim": 16,  # UNet2DModel reads it as the head size: 4 and 8 heads
+    "norm_num_groups": 16,
+    "num_class_embeds": 5,  # 4 classes + the null label (index 4) for classifier-free guidance
+}
+
+_TRAINED_DIT = {
+    "num_attention_heads": 4,
+    "attention_head_dim": 32,
+    "in_channels": 3,
+    "out_channels": 3,  # no learned sigma: the deterministic solvers do not use it
+    "num_layers": 6,
+    "sample_size": 32,
+    "patch_size": 2,
+    "norm_type": "ada_norm_zero",
+    # diffusers' label embedding adds the null class itself: index 4 is the null label
+    "num_embeds_ada_norm": 4,
+    "attention_bias": True,
+    "activation_fn": "gelu-approximate",
+}
+
+# Same schedule the models were trained with; "trailing" starts sampling at t = 999, the
+# noise level training saw, whatever the number of solver steps.
+_TRAINED_SCHEDULE = _frozen({"prediction_type": "v_prediction", "timestep_spacing": "trailing"})
+
+_TRAINED_COMMON: dict[str, Any] = {
+    "latent_channels": 3,
+    "vae_scale_factor": 1,
+    "text_len": 0,
+    "text_dim": 0,
+    "pooled_dim": 0,
+    "cfg": True,
+    "default_scheduler": "ddim",
+    "default_steps": 20,
+    "default_guidance": 3.0,
+    "tiny": True,
+    "native_resolution": 32,
+    "scheduler_config": _TRAINED_SCHEDULE,
+}
 
 # --- presets -------------------------------------------------------------------------------
 
@@ -445,6 +513,36 @@ _ALL = (
         pooled_dim=32,
         native_resolution=256,
         description="Flux-shaped, 2 double + 2 single blocks, hidden 64, 4 heads: CPU tests",
+    ),
+    Preset(
+        name="trained-tiny-unet",
+        family="unet2d",
+        model_class="UNet2DModel",
+        config=_frozen(_TRAINED_UNET),
+        spatial_multiple=4,  # two downsamples
+        heads=4,  # min over layers: 64 ch / 16 at 16x16 (8 heads at 8x8)
+        # no transformer layers: its 7 attention layers (1 + 1 down, 1 mid, 2 + 2 up) are plain
+        # diffusers Attention modules on the feature map
+        layers=0,
+        weights_subfolder="unet",
+        weights_file="trained-tiny-unet.safetensors",
+        description="Trained class-conditional UNet2DModel (32/64/128 ch, attention at 16 and 8 "
+        "px), pixel space 32x32, 4 shape classes: real images offline",
+        **_TRAINED_COMMON,
+    ),
+    Preset(
+        name="trained-tiny-dit",
+        family="dit",
+        model_class="DiTTransformer2DModel",
+        config=_frozen(_TRAINED_DIT),
+        spatial_multiple=2,  # patch size
+        heads=4,
+        layers=6,
+        weights_subfolder="transformer",
+        weights_file="trained-tiny-dit.safetensors",
+        description="Trained class-conditional DiT (6 blocks, hidden 128, patch 2), pixel space "
+        "32x32, 4 shape classes: real images offline",
+        **_TRAINED_COMMON,
     ),
 )
 

@@ -52,6 +52,13 @@ _NOISE: dict[str, dict[str, Any]] = {
         "beta_schedule": "linear",
         "prediction_type": "epsilon",
     },
+    # pixel-space UNet2DModel (trained-tiny-unet): trained on the DiT family's schedule
+    "unet2d": {
+        "beta_start": 0.0001,
+        "beta_end": 0.02,
+        "beta_schedule": "linear",
+        "prediction_type": "epsilon",
+    },
     "sd3": {"shift": 3.0},
     # Flux shifts by image size: mu interpolates linearly in the packed image sequence length
     "flux": {
@@ -105,7 +112,8 @@ def make_scheduler(
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1")
     cls, solver = _SOLVERS[name]
-    scheduler = cls.from_config({"num_train_timesteps": 1000, **_NOISE[preset.family], **solver})
+    noise = {**_NOISE[preset.family], **preset.scheduler_config}  # a preset may retrain it
+    scheduler = cls.from_config({"num_train_timesteps": 1000, **noise, **solver})
     if preset.family == "flux":
         tokens = (height // preset.vae_scale_factor // 2) * (width // preset.vae_scale_factor // 2)
         # the Flux pipeline's sigma grid: linear from 1 to 1/steps, then shifted by mu

@@ -14,8 +14,13 @@ from workloads.stats import flop_counter
 
 torch.set_num_threads(1)
 
-TINY = [name for name, p in W.PRESETS.items() if p.tiny]
-FULL = [name for name, p in W.PRESETS.items() if not p.tiny and not name.startswith("small-")]
+# trained presets (packaged weights, 32 px pixel space) are tested in tests/unit/test_fidelity.py
+TINY = [name for name, p in W.PRESETS.items() if p.tiny and not p.weights_file]
+FULL = [
+    name
+    for name, p in W.PRESETS.items()
+    if not p.tiny and not name.startswith("small-") and not p.weights_file
+]
 PX = 256  # tiny presets run at a 32 x 32 latent
 
 # diffusers' parameter counts of the public architectures (DiT-XL/2 is 750 M rather than the

@@ -1,0 +1,278 @@
+"""Where a run's time went: compute, exposed and overlapped communication, per rank, per op and
+mesh axis, per layer type, and the no-communication ideal latency (DistriFusion, Table 2).
+
+Every function takes a store (path of results.db or an open ResultStore) and returns a tidy
+DataFrame keyed by run_id and, where it applies, rank. Times are seconds per timed denoising
+step unless the column says otherwise; bytes follow the ledger's nccl-tests "size" convention.
+The per-step and per-op numbers come from the stored rank_steps and comm tables; the per-layer
+view reads each run's runs/<run_id>/trace.npz (the ledger's raw events), and skips runs
+without one.
+
+Definitions (ARCHITECTURE.md, Timing semantics): exposed_comm_s is time a rank was blocked on
+communication; overlapped_comm_s = comm_s - exposed_comm_s is communication hidden behind
+compute; overlap_pct = 100 * (1 - exposed_comm_s / comm_s), NaN without communication.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.tables import load_runs, open_store, read_table
+from suite.comm import OPS
+from suite.mesh import AXES
+from suite.results import ResultStore
+
+# Columns that say which run a row belongs to, merged into every per-run table.
+RUN_KEYS = [
+    "run_id",
+    "workload",
+    "height",
+    "width",
+    "steps",
+    "strategy",
+    "degrees",
+    "options",
+    "world_size",
+]
+LAYER_TYPES = ("attn", "conv", "norm", "linear", "output", "cfg", "pipeline", "unknown")
+
+# The module paths strategies log as `layer`, by type: top-level output heads first (whole
+# path), then each path component from the innermost out, the first rule that matches wins.
+_OUTPUT = re.compile(r"^(output|proj_out(_\d+)?|conv_out|norm_out)$")
+_COMPONENT_RULES = (
+    ("attn", re.compile(r"attn|attention|^to_[qkv]$|^to_out$")),
+    ("norm", re.compile(r"norm")),
+    ("conv", re.compile(r"conv|sampler")),
+    ("linear", re.compile(r"^(ff|ff_context|mlp|fc\d*|linear\d*|proj\w*)$")),
+)
+
+
+def layer_type(path: str) -> str:
+    """Type of the module at `path`: attn, conv, norm, linear, output, cfg, pipeline or unknown.
+
+    E.g. 'down_blocks.0.resnets.0.conv1' -> conv, 'transformer_blocks.3.attn1' -> attn,
+    'mid_block.attentions.0.norm' -> norm, 'proj_out' (the model's head) -> output.
+    """
+    if not path:
+        return "unknown"
+    if _OUTPUT.match(path):
+        return "output"
+    if path == "cfg":
+        return "cfg"
+    if path.startswith("pipefusion."):
+        return "pipeline"
+    for part in reversed(path.split(".")):
+        for kind, rule in _COMPONENT_RULES:
+            if rule.search(part):
+                return kind
+    return "unknown"
+
+
+@contextmanager
+def _store(db: str | Path | ResultStore) -> Iterator[ResultStore]:
+    if isinstance(db, ResultStore):
+        yield db
+        return
+    with open_store(db) as store:
+        yield store
+
+
+def _ok_runs(db: str | Path | ResultStore) -> pd.DataFrame:
+    runs = load_runs(db)
+    return runs[(runs["status"] == "ok").fillna(False)].reset_index(drop=True)
+
+
+def _pct(part: pd.Series, whole: pd.Series) -> pd.Series:
+    """100 * part / whole, NaN where whole is 0 or missing."""
+    whole = whole.astype(float).where(whole.astype(float) > 0)
+    return 100.0 * part.astype(float) / whole
+
+
+def _overlap(comm_s: pd.Series, exposed_s: pd.Series) -> pd.Series:
+    return 100.0 - _pct(exposed_s, comm_s)
+
+
+def step_breakdown(db: str | Path | ResultStore) -> pd.DataFrame:
+    """One row per run, rank, timed loop and step.
+
+    Columns: run_id, rank, repeat, step, step_s, compute_s, comm_s, exposed_comm_s,
+    overlapped_comm_s, overlap_pct, comm_bytes. A collective's duration counts in the step that
+    issued it and its wait in the step that waited, so a single step's overlapped_comm_s can be
+    negative when an op issued in one step is waited on in the next (DistriFusion's displaced
+    exchanges); over a whole run the sums agree.
+    """
+    df = read_table(db, "rank_steps")
+    df["overlapped_comm_s"] = df["comm_s"] - df["exposed_comm_s"]
+    df["overlap_pct"] = _overlap(df["comm_s"], df["exposed_comm_s"])
+    cols = ["run_id", "rank", "repeat", "step", "step_s", "compute_s", "comm_s"]
+    cols += ["exposed_comm_s", "overlapped_comm_s", "overlap_pct", "comm_bytes"]
+    return df[cols]
+
+
+def rank_breakdown(db: str | Path | ResultStore) -> pd.DataFrame:
+    """Per ok run and rank: means per timed step.
+
+    Columns: RUN_KEYS, rank, n_steps (timed steps), step_s, compute_s, comm_s, exposed_comm_s,
+    overlapped_comm_s, overlap_pct, compute_pct and exposed_comm_pct (shares of step_s),
+    comm_bytes_per_step.
+    """
+    steps = step_breakdown(db)
+    runs = _ok_runs(db)[RUN_KEYS]
+    means = ["step_s", "compute_s", "comm_s", "exposed_comm_s", "comm_bytes"]
+    g = steps[steps["run_id"].isin(runs["run_id"])].groupby(["run_id", "rank"], sort=True)
+    out = g[means].mean().rename(columns={"comm_bytes": "comm_bytes_per_step"})
+    out.insert(0, "n_steps", g.size())
+    out = out.reset_index()
+    out["overlapped_comm_s"] = out["comm_s"] - out["exposed_comm_s"]
+    out["overlap_pct"] = _overlap(out["comm_s"], out["exposed_comm_s"])
+    out["compute_pct"] = _pct(out["compute_s"], out["step_s"])
+    out["exposed_comm_pct"] = _pct(out["exposed_comm_s"], out["step_s"])
+    out = runs.merge(out, on="run_id", how="inner")
+    cols = [*RUN_KEYS, "rank", "n_steps", "step_s", "compute_s", "comm_s", "exposed_comm_s"]
+    cols += ["overlapped_comm_s", "overlap_pct", "compute_pct", "exposed_comm_pct"]
+    return out[[*cols, "comm_bytes_per_step"]]
+
+
+_COMM_SUMS = ["calls_per_step", "bytes_per_step", "time_s", "exposed_s"]
+
+
+def _comm_derived(out: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Add overlapped_s, overlap_pct, bytes_pct (share of the rank's bytes) and algbw_gb_s."""
+    out["overlapped_s"] = out["time_s"] - out["exposed_s"]
+    out["overlap_pct"] = _overlap(out["time_s"], out["exposed_s"])
+    rank_bytes = out.groupby(keys)["bytes_per_step"].transform("sum")
+    out["bytes_pct"] = _pct(out["bytes_per_step"], rank_bytes)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bw = out["bytes_per_step"].to_numpy(float) / out["time_s"].to_numpy(float)
+    out["algbw_gb_s"] = np.where(np.isfinite(bw), bw / 1e9, np.nan)  # nccl-tests algbw
+    return out
+
+
+def comm_breakdown(
+    db: str | Path | ResultStore, by: Sequence[str] = ("op", "axis")
+) -> pd.DataFrame:
+    """Bytes and time per op and / or mesh axis, per ok run and rank, per timed step.
+
+    `by`: ("op", "axis") (the stored granularity), ("axis",) or ("op",). Columns: RUN_KEYS,
+    rank, *by, calls_per_step, bytes_per_step, time_s, exposed_s, overlapped_s, overlap_pct,
+    bytes_pct (share of the rank's bytes per step), algbw_gb_s (bytes / time / 1e9).
+    """
+    by = list(by)
+    if not by or set(by) - {"op", "axis"}:
+        raise ValueError(f"comm_breakdown by={by!r}: choose from 'op' and 'axis'.")
+    comm = read_table(db, "comm")
+    runs = _ok_runs(db)[RUN_KEYS]
+    comm = comm[comm["run_id"].isin(runs["run_id"])]
+    out = comm.groupby(["run_id", "rank", *by], sort=True)[_COMM_SUMS].sum().reset_index()
+    out = _comm_derived(out, ["run_id", "rank"])
+    out = runs.merge(out, on="run_id", how="inner")
+    derived = ["overlapped_s", "overlap_pct", "bytes_pct", "algbw_gb_s"]
+    return out[[*RUN_KEYS, "rank", *by, *_COMM_SUMS, *derived]]
+
+
+def trace_events(db: str | Path | ResultStore, run_id: str) -> pd.DataFrame:
+    """The ledger's raw events of one run (runs/<run_id>/trace.npz), one row per collective.
+
+    Columns: rank, repeat, step, wait_step, layer, layer_type, op, axis, group_size, is_async,
+    nbytes, t_issue, t_done, t_wait_start, t_wait_end (perf_counter seconds), duration_s,
+    exposed_s. Empty when the run has no trace file.
+    """
+    cols = ["rank", "repeat", "step", "wait_step", "layer", "layer_type", "op", "axis"]
+    cols += ["group_size", "is_async", "nbytes", "t_issue", "t_done", "t_wait_start"]
+    cols += ["t_wait_end", "duration_s", "exposed_s"]
+    with _store(db) as store:
+        runs = store.table("runs")
+        out_dir = runs.loc[runs["run_id"] == run_id, "output_dir"]
+        path = store.root / str(out_dir.iloc[0]) / "trace.npz" if len(out_dir) else None
+    if path is None or not path.is_file():
+        return pd.DataFrame(columns=cols)
+    frames = []
+    with np.load(path) as z:
+        for key in sorted(k for k in z if k.startswith("events_rank")):
+            rank = int(key.removeprefix("events_rank"))
+            ev, layers = z[key], [str(x) for x in z[f"layers_rank{rank}"]]
+            df = pd.DataFrame({name: ev[name] for name in ev.dtype.names})
+            df.insert(0, "rank", rank)
+            df["layer"] = [layers[i] if 0 <= i < len(layers) else "" for i in df["layer"]]
+            df["op"] = [OPS[i] for i in df["op"]]
+            df["axis"] = [AXES[i] for i in df["axis"]]
+            frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    df = pd.concat(frames, ignore_index=True)
+    df["layer_type"] = df["layer"].map(layer_type)
+    df["duration_s"] = df["t_done"] - df["t_issue"]
+    df["exposed_s"] = df["t_wait_end"] - df["t_wait_start"]
+    return df[cols]
+
+
+def _timed_steps(db: str | Path | ResultStore) -> pd.Series:
+    """Timed steps per (run_id, rank): the denominator of every per-step number."""
+    steps = read_table(db, "rank_steps")
+    return steps.groupby(["run_id", "rank"]).size()
+
+
+def layer_breakdown(
+    db: str | Path | ResultStore, by: Sequence[str] = ("layer_type",)
+) -> pd.DataFrame:
+    """Communication per layer type (or module path, op, axis), per ok run and rank, per step.
+
+    `by`: any of "layer_type", "layer" (module path), "op", "axis". Columns: RUN_KEYS, rank,
+    *by, calls_per_step, bytes_per_step, time_s, exposed_s, overlapped_s, overlap_pct,
+    bytes_pct, algbw_gb_s. Runs without a trace.npz are left out.
+    """
+    by = list(by)
+    allowed = {"layer_type", "layer", "op", "axis"}
+    if not by or set(by) - allowed:
+        raise ValueError(f"layer_breakdown by={by!r}: choose from {sorted(allowed)}.")
+    with _store(db) as store:
+        runs = _ok_runs(store)[RUN_KEYS]
+        n_steps = _timed_steps(store)
+        frames = []
+        for run_id in runs["run_id"]:
+            ev = trace_events(store, run_id)
+            if ev.empty:
+                continue
+            ev = ev.assign(run_id=run_id, calls=1)
+            g = ev.groupby(["run_id", "rank", *by], sort=True)
+            frames.append(g[["calls", "nbytes", "duration_s", "exposed_s"]].sum().reset_index())
+    cols = [*RUN_KEYS, "rank", *by, *_COMM_SUMS]
+    cols += ["overlapped_s", "overlap_pct", "bytes_pct", "algbw_gb_s"]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    out = pd.concat(frames, ignore_index=True)
+    denom = n_steps.reindex(pd.MultiIndex.from_frame(out[["run_id", "rank"]])).to_numpy(float)
+    out["calls_per_step"] = out.pop("calls") / denom
+    out["bytes_per_step"] = out.pop("nbytes") / denom
+    out["time_s"] = out.pop("duration_s") / denom
+    out["exposed_s"] = out["exposed_s"] / denom
+    out = _comm_derived(out, ["run_id", "rank"])
+    return runs.merge(out, on="run_id", how="inner")[cols]
+
+
+def ideal_latency(db: str | Path | ResultStore) -> pd.DataFrame:
+    """Measured latency beside the no-communication ideal, per ok run (DistriFusion Table 2).
+
+    ideal_latency_s is the compute critical path: per timed loop, the max over ranks of the
+    rank's summed compute_s over the loop's steps; median over loops (as latency_s). It is what
+    the run would take if every collective were free and compute unchanged.
+    comm_overhead_s = latency_s - ideal_latency_s; comm_overhead_pct is its share of latency_s.
+    Columns: RUN_KEYS, latency_s, ideal_latency_s, comm_overhead_s, comm_overhead_pct,
+    exposed_comm_s, overlap_pct, comm_bytes_per_step (the runs table's per-step means).
+    """
+    runs = _ok_runs(db)
+    steps = read_table(db, "rank_steps")
+    per_loop = steps.groupby(["run_id", "repeat", "rank"])["compute_s"].sum()
+    critical = per_loop.groupby(["run_id", "repeat"]).max()
+    ideal = critical.groupby("run_id").median().rename("ideal_latency_s").reset_index()
+    out = runs.merge(ideal, on="run_id", how="left")
+    out["comm_overhead_s"] = out["latency_s"] - out["ideal_latency_s"]
+    out["comm_overhead_pct"] = _pct(out["comm_overhead_s"], out["latency_s"])
+    cols = [*RUN_KEYS, "latency_s", "ideal_latency_s", "comm_overhead_s", "comm_overhead_pct"]
+    return out[[*cols, "exposed_comm_s", "overlap_pct", "comm_bytes_per_step"]]

@@ -1,0 +1,157 @@
+"""The report's Fidelity section: metrics per run and reference, and image grids per method.
+
+A grid shows, for the first images of a run, the baseline's image, the method's image and their
+absolute difference amplified DIFF_GAIN times (white = large), so seams and drift are visible
+even where PSNR is high.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.fmt import fmt_fixed, fmt_int, fmt_sig, fmt_text, is_missing
+from analysis.render import Block, Heading, Image, Para, Table
+from suite.fidelity import FIDS, PSNR_CAP_DB
+from suite.fidelity_images import IMAGES, SOURCES, image_files, image_source, load_images
+from suite.results import ResultStore
+
+DIFF_GAIN = 4  # |baseline - method| x 4, clipped to 1
+GRID_IMAGES = 4  # images (rows) per grid
+TILE_PX = 128  # small images are enlarged (nearest) to at least this many pixels
+METRIC_COLUMNS = ("psnr", "ssim", "lpips", *FIDS)
+_DECIMALS = {"psnr": 2, "ssim": 4, "lpips": 4}
+
+
+def _value(v: object, metric: str, backbone: object) -> str:
+    if is_missing(v):
+        return "missing" if str(backbone).startswith("missing") else "-"
+    if metric in _DECIMALS:
+        return fmt_fixed(v, _DECIMALS[metric])
+    return fmt_sig(v)
+
+
+def _strategy(r: pd.Series) -> str:
+    text = fmt_text(r["strategy"])
+    opts = r.get("options")
+    if isinstance(opts, str) and opts not in ("", "{}"):
+        text += f" {opts}"
+    return text
+
+
+def diff_grid(base: np.ndarray, run: np.ndarray, gain: int = DIFF_GAIN) -> np.ndarray:
+    """(H * n, W * 3, 3) uint8: per row baseline | method | gain x |difference| (grey)."""
+    diff = np.abs(base.astype(np.float32) - run.astype(np.float32)).max(axis=-1) * gain
+    diff = np.repeat(np.clip(diff, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+    rows = [np.concatenate([b, r, d], axis=1) for b, r, d in zip(base, run, diff, strict=True)]
+    return np.concatenate(rows, axis=0)
+
+
+def write_grid(base_dir: Path, run_dir: Path, path: Path) -> Path:
+    """The grid of the first GRID_IMAGES images of two folders, saved as PNG at `path`."""
+    from PIL import Image as PILImage
+
+    base = (load_images(base_dir, GRID_IMAGES) * 255).round().byte()
+    run = (load_images(run_dir, GRID_IMAGES) * 255).round().byte()
+    grid = diff_grid(base.permute(0, 2, 3, 1).numpy(), run.permute(0, 2, 3, 1).numpy())
+    scale = max(1, -(-TILE_PX // base.shape[-1]))
+    img = PILImage.fromarray(grid)
+    img = img.resize((img.width * scale, img.height * scale), PILImage.NEAREST)
+    img.save(path)
+    return path
+
+
+def _table(df: pd.DataFrame) -> tuple[Table, list[str]]:
+    rows, reasons = [], []
+    keys = ["run_id", "reference"]
+    for (_run_id, reference), g in df.groupby(keys, sort=False):
+        first = g.iloc[0]
+        by_metric = g.set_index("metric")
+        cells = [
+            fmt_text(first["workload"]),
+            _strategy(first),
+            fmt_int(first["world_size"]),
+            fmt_text(reference),
+        ]
+        for m in METRIC_COLUMNS:
+            if m in by_metric.index:
+                r = by_metric.loc[m]
+                cells.append(_value(r["value"], m, r["backbone"]))
+                if str(r["backbone"]).startswith("missing"):
+                    reasons.append(f"{m}: {str(r['backbone']).removeprefix('missing: ')}")
+            else:
+                cells.append("-")
+        cells.append(fmt_int(g["n_images"].max()))
+        rows.append(cells)
+    head = ["workload", "strategy", "world_size", "reference", *METRIC_COLUMNS, "n_images"]
+    return Table(head, rows, right=set(range(2, len(head))) - {3}), list(dict.fromkeys(reasons))
+
+
+def fidelity_section(store: ResultStore, runs: pd.DataFrame, out: Path) -> list[Block]:
+    """Blocks of the Fidelity section (empty when nothing was scored); grids saved in `out`."""
+    fid = store.table("fidelity")
+    if fid.empty:
+        return []
+    cols = ["run_id", "workload", "strategy", "world_size", "options", "output_dir"]
+    df = fid.merge(runs[cols], on="run_id", how="left")
+    table, reasons = _table(df)
+    blocks: list[Block] = [
+        Heading("Fidelity"),
+        Para(
+            "Each run's saved 8-bit images vs the single-device baseline run with the same "
+            "workload, size, steps and seeds ('original', image i vs image i) and, where the "
+            "config names a reference folder, vs ground truth (FID only). psnr: mean over images "
+            f"of the per-image PSNR [dB], data range [0, 1], identical images capped at "
+            f"{PSNR_CAP_DB:g} dB; ssim: mean per-image SSIM; lpips: AlexNet LPIPS v0.1, inputs "
+            "in [0, 1] (lower is closer); fid: clean-fid 'clean' mode; fid_torchmetrics: "
+            "torchmetrics' FID, a cross-check. n_images: images of the run the values rest on."
+        ),
+        table,
+    ]
+    if reasons:
+        blocks.append(Para("Missing values (stored empty, never computed with a stand-in): "
+                           + " | ".join(reasons)))  # fmt: skip
+    if df["backbone"].astype(str).str.contains("FEW IMAGES").any():
+        blocks.append(
+            Para(
+                "FEW IMAGES: FID on fewer images than the 2048 Inception features is biased and "
+                "noisy; compare such FIDs only with FIDs on as many images."
+            )
+        )
+    sources = {}
+    root = store.root
+    for _, r in df.drop_duplicates("run_id").iterrows():
+        folder = root / str(r["output_dir"]) / IMAGES
+        if folder.is_dir():
+            sources[image_source(folder)] = True
+    if sources:
+        blocks.append(
+            Para("Images: " + "; ".join(SOURCES.get(s, s) for s in sources) + ".")
+        )  # fmt: skip
+    blocks += _grids(df, runs, root, out)
+    return blocks
+
+
+def _grids(df: pd.DataFrame, runs: pd.DataFrame, root: Path, out: Path) -> list[Block]:
+    orig = df[(df["reference"] == "original") & df["baseline_run_id"].notna()]
+    blocks: list[Block] = []
+    for run_id, g in orig.groupby("run_id", sort=False):
+        r = g.iloc[0]
+        base = runs[runs["run_id"] == r["baseline_run_id"]]
+        if base.empty:
+            continue
+        run_dir = root / str(r["output_dir"]) / IMAGES
+        base_dir = root / str(base.iloc[0]["output_dir"]) / IMAGES
+        if not (image_files(run_dir) and base_dir.is_dir() and image_files(base_dir)):
+            continue
+        path = write_grid(base_dir, run_dir, out / f"fidelity_{run_id}.png")
+        psnr = g[g["metric"] == "psnr"]["value"]
+        label = f"{fmt_text(r['workload'])} | {_strategy(r)} | world {fmt_int(r['world_size'])}" + (
+            "" if psnr.empty else f" | PSNR {fmt_fixed(psnr.iloc[0], 2)} dB"
+        )
+        if not blocks:
+            blocks.append(Heading(f"Images: baseline | method | |difference| x{DIFF_GAIN}", 3))
+        blocks += [Para(label), Image(path.name, label)]
+    return blocks

@@ -1,0 +1,182 @@
+"""The PipeFusion denoising loop: stages run patches one after another, activations flow on.
+
+Schedule of stage k of N, M patches, S steps, W warm-up steps:
+- steps i < W (warm-up): the whole image, synchronously: stage 0 embeds the full latent, every
+  stage runs its blocks on all tokens and sends them on; the last stage's prediction goes back
+  to stage 0 as M patch messages.
+- steps i >= W: patch m = 0..M-1 in order; stage k waits for patch m's activations from stage
+  k-1, runs its blocks (attention against its own K/V buffer, see pipeline_stage.KVBuffer) and
+  sends the result to stage k+1 asynchronously; the last stage applies the output head and CFG
+  and sends patch m's prediction back to stage 0.
+- stage 0 owns the latents and one solver per patch (multistep solvers keep per-patch history):
+  before embedding patch m at step i it waits for the patch's prediction of step i-1 and steps
+  that patch's solver. After the last step it collects the final predictions, so the final
+  latents are on stage 0 (and rank 0 with it) without an extra gather.
+
+Receives of a step are posted when the step begins; sends are waited two steps later (a send
+completes once its receive is posted, which the receiver does by then, so this never blocks
+in a healthy pipeline, and it bounds the buffers in flight). Every message on the pipefusion
+axis goes through `Comm`, so the ledger holds exactly the activations and predictions moved.
+Per-rank step i spans this stage's share of step i; time blocked on a receive is the bubble.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from suite.comm import Comm, Pending
+from suite.parallel.pipeline_stage import Stage, StageOutput
+
+AXIS = "pipefusion"
+
+
+@dataclass
+class _Mailbox:
+    """Posted receives and sends in flight of one rank, per step."""
+
+    comm: Comm
+    stage: Stage
+    recvs: dict[int, list[Pending]] = field(default_factory=dict)  # step -> one per message
+    sends: list[tuple[int, Pending]] = field(default_factory=list)
+
+    def post(self, step: int, shapes: list[tuple[int, ...]], like: torch.Tensor, src: int) -> None:
+        self.recvs[step] = [
+            self.comm.recv(like.new_empty(s), AXIS, src=src, layer=_layer(src), async_op=True)
+            for s in shapes
+        ]
+
+    def take(self, step: int, j: int) -> torch.Tensor:
+        return self.recvs[step][j].wait()
+
+    def send(self, step: int, x: torch.Tensor, dst: int) -> None:
+        layer = _layer(self.stage.index)
+        self.sends.append((step, self.comm.send(x, AXIS, dst=dst, layer=layer, async_op=True)))
+
+    def settle(self, before: int) -> None:
+        """Wait for the sends issued before step `before`."""
+        keep = []
+        for step, pending in self.sends:
+            if step < before:
+                pending.wait()
+            else:
+                keep.append((step, pending))
+        self.sends = keep
+
+
+def _layer(stage: int) -> str:
+    return f"pipefusion.stage{stage}"
+
+
+@dataclass
+class PipeLoop:
+    """The loop one rank runs; `__call__` has workloads.denoise's signature."""
+
+    comm: Comm
+    stage: Stage
+    warmup_steps: int
+    hidden: int  # width of the activations between stages
+    token_patch: int  # latent pixels per token side
+    shards: int = 1  # ranks the sequence is split over inside a stage (ring x ulysses)
+
+    def __call__(
+        self,
+        workload,
+        denoiser: Callable,
+        inputs,
+        *,
+        before_step: Callable[[int], None] | None = None,
+        after_step: Callable[[int], None] | None = None,
+        finalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        from workloads import combine_cfg, initial_latents, scale_input
+
+        stage, cursor = self.stage, self.stage.cursor
+        n, k, m_count = stage.stages, stage.index, cursor.patches
+        stage.attach(self.comm)
+        cursor.loop += 1
+        solvers = [workload.new_scheduler() for _ in range(m_count)]
+        timesteps = solvers[0].timesteps
+        cfg = inputs.uncond is not None
+        cond = inputs.model_cond()
+        latents = initial_latents(solvers[0], inputs.latents)
+        b, c, h, w = latents.shape
+        rows = h // m_count
+        band = [slice(m * rows, (m + 1) * rows) for m in range(m_count)]
+        x = latents.new_zeros((2 * b if cfg else b, c, h, w))  # model input (stage 0 fills it)
+        tokens = (h // self.token_patch) * (w // self.token_patch) // self.shards  # per rank
+        act_full = (x.shape[0], tokens, self.hidden)
+        act_patch = (x.shape[0], tokens // m_count, self.hidden)
+        pred_band = (b, c, rows, w)
+        mail = _Mailbox(self.comm, stage)
+        local: dict[tuple[int, int], torch.Tensor] = {}  # N = 1: predictions stay here
+
+        def pred_of(step: int, m: int) -> torch.Tensor:
+            return local.pop((step, m)) if n == 1 else mail.take(step, m)
+
+        def advance(step: int, m: int) -> None:
+            """Stage 0: step patch m's solver with its prediction of `step`."""
+            t = timesteps[step]
+            latents[:, :, band[m]] = solvers[m].step(
+                pred_of(step, m), t, latents[:, :, band[m]], return_dict=False
+            )[0]
+
+        def run(i: int, t: torch.Tensor) -> None:
+            """This stage's share of the current part (whole image or patch m) at step i."""
+            j = 0 if cursor.full else cursor.index
+            parts = range(m_count) if cursor.full else [cursor.index]
+            if stage.first:
+                for m in parts:  # each band scaled by its own solver (Euler tracks sigma)
+                    xin = scale_input(solvers[m], latents[:, :, band[m]], t)
+                    x[:, :, band[m]] = torch.cat([xin, xin]) if cfg else xin
+            else:
+                cursor.inbox = mail.take(i, j)
+            try:
+                out = denoiser(x, t, cond)
+            except StageOutput as done:
+                mail.send(i, done.hidden_states, dst=k + 1)
+                return
+            for m in parts:
+                pred = out[:, :, band[m]]
+                pred = combine_cfg(pred, workload.guidance) if cfg else pred
+                if n == 1:
+                    local[(i, m)] = pred
+                else:
+                    mail.send(i, pred.contiguous(), dst=0)
+
+        last = len(timesteps) - 1
+        for i, t in enumerate(timesteps):
+            if before_step is not None:
+                before_step(i)
+            full = i < self.warmup_steps
+            if n > 1:
+                mail.settle(before=i - 1)
+                if stage.first:
+                    mail.post(i, [pred_band] * m_count, latents, src=n - 1)
+                else:
+                    mail.post(i, [act_full] if full else [act_patch] * m_count, x, src=k - 1)
+            cursor.full = full
+            if full:
+                if stage.first and i > 0:
+                    for m in range(m_count):
+                        advance(i - 1, m)
+                cursor.index = 0
+                run(i, t)
+            else:
+                for m in range(m_count):
+                    if stage.first and i > 0:
+                        advance(i - 1, m)
+                    cursor.index = m
+                    run(i, t)
+            if i == last:
+                if stage.first:  # the pipeline drains into stage 0: the final predictions
+                    for m in range(m_count):
+                        advance(i, m)
+                mail.settle(before=i + 1)
+                cursor.full = True
+                latents = finalize(latents) if finalize is not None else latents
+            if after_step is not None:
+                after_step(i)
+        return latents

@@ -1,0 +1,278 @@
+"""PipeFusion model surgery: one rank keeps one pipeline stage of a DiT and runs it per patch.
+
+The diffusers model keeps its own forward. What changes, all through module swaps and hooks:
+- blocks outside this rank's stage become `Skipped` pass-throughs and their parameters are freed;
+- the first stage's patch embedding still embeds the full latent (so every token gets the
+  positional embedding of its row in the full image; the token-local convolution costs far
+  less than one block) and a hook keeps the current patch's tokens; later stages hold no
+  embedding, and a pre-hook on their first block swaps in the activations received from the
+  previous stage;
+- every stage but the last stops the forward after its last block (`StageOutput`): nothing
+  after it runs, so those ranks hold no output head;
+- on the last stage a hook places the patch's output tokens into a full-size token buffer, so
+  diffusers' un-patchify (which reads the grid from the input or the token count) works;
+- the stage's self-attention layers get a K/V cache in their attention core
+  (pipeline_attention.py).
+
+Composition. Strategies inside pipefusion (ring, ulysses) split the tokens after the embedding
+and gather them after the output head with hooks installed when they are applied, after this
+one. The patch selection hook is prepended, so it runs before their split; the output placement
+and the attention cores must wrap theirs, so `Stage.attach` installs them when the loop first
+runs. For the whole-image steps the embedding hook orders the tokens so that the sequence
+split hands each rank its shard of every patch, patch after patch (the K/V cache's layout); the
+placement hook restores row-major order after their gather.
+
+Family knowledge is data (`PIPE_PLANS`) on top of the shared plans in `plans.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from suite.parallel import plans
+from suite.parallel.attention import PlanAttnProcessor
+from suite.parallel.pipeline_attention import KVCache, PipeCore
+
+
+@dataclass(frozen=True)
+class PipePlan:
+    """What PipeFusion needs to know about a family beyond `plans.Plan`."""
+
+    blocks: str  # the ModuleList of transformer blocks that is cut into stages
+    head: tuple[str, ...]  # modules only the last stage runs (output projections)
+    # submodules of blocks that the output head reads (DiT's head re-embeds the timestep and
+    # class with block 0's embedding), kept on the last stage even when it lacks that block
+    head_reads: tuple[str, ...] = ()
+
+
+# Families whose blocks return one tensor (the image stream). SD3 and Flux blocks return
+# (text, image) pairs and their text stream is updated by every block from all image tokens, so
+# running the image in patches would change what the text sees; they are not supported.
+PIPE_PLANS: dict[str, PipePlan] = {
+    "pixart": PipePlan(blocks="transformer_blocks", head=("proj_out",)),
+    "dit": PipePlan(
+        blocks="transformer_blocks",
+        head=("proj_out_1", "proj_out_2"),
+        head_reads=("transformer_blocks.0.norm1.emb",),
+    ),
+}
+
+
+def stage_bounds(layers: int, stages: int) -> list[tuple[int, int]]:
+    """[start, stop) block indices of each stage: contiguous, sizes differ by at most one
+    (the first `layers % stages` stages take the extra block)."""
+    base, extra = divmod(layers, stages)
+    bounds, start = [], 0
+    for k in range(stages):
+        stop = start + base + (k < extra)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+class StageOutput(Exception):  # noqa: N818 - control flow, not an error
+    """Raised after the stage's last block on every stage but the last: carries its output."""
+
+    def __init__(self, hidden_states: torch.Tensor):
+        super().__init__("pipeline stage output")
+        self.hidden_states = hidden_states
+
+
+@dataclass
+class PatchCursor:
+    """Which part of the image the next model call computes; shared by every hook of a rank."""
+
+    patches: int  # M
+    shards: int = 1  # ranks the sequence is split over inside a stage (ring x ulysses)
+    index: int = 0  # current patch m
+    full: bool = True  # the whole image (warm-up steps) instead of patch `index`
+    loop: int = 0  # denoising loops begun; K/V caches are reset by a new loop
+    inbox: torch.Tensor | None = None  # activations from the previous stage for this call
+
+    def tokens(self, total: int) -> slice:
+        """Token range of the current part among `total` row-major tokens (a band of latent
+        rows is a contiguous range)."""
+        if self.full:
+            return slice(0, total)
+        size = total // self.patches
+        return slice(self.index * size, (self.index + 1) * size)
+
+    def shard_major(self, x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """Whole-image tokens (B, T, C) from patch-major [patch][shard][n] to shard-major
+        [shard][patch][n] order (or back): contiguous shards are then per-patch shards."""
+        if self.shards == 1:
+            return x
+        b, t, c = x.shape
+        dims = (self.shards, self.patches) if inverse else (self.patches, self.shards)
+        return (
+            x.view(b, *dims, t // (self.patches * self.shards), c).transpose(1, 2).reshape(b, t, c)
+        )
+
+
+class Skipped(nn.Module):
+    """A block of another stage: returns its hidden states unchanged, holds no parameters
+    (except submodules the output head reads, grafted on by `build_stage`)."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden_states
+
+
+class EmbedStub(nn.Module):
+    """The patch embedding of a stage that is not the first: no parameters, no compute; returns
+    an uninitialised (batch, tokens, hidden) placeholder the first block's pre-hook replaces."""
+
+    def __init__(self, hidden: int, token_patch: int, cursor: PatchCursor):
+        super().__init__()
+        self.hidden, self.token_patch, self.cursor = hidden, token_patch, cursor
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = latent.shape
+        total = (h // self.token_patch) * (w // self.token_patch)
+        n = len(range(total)[self.cursor.tokens(total)])
+        return latent.new_empty((b, n, self.hidden))
+
+
+@dataclass
+class Stage:
+    """This rank's stage after `build_stage`."""
+
+    index: int  # k
+    stages: int  # N
+    blocks: tuple[int, int]  # [start, stop) of the model's blocks held here
+    cursor: PatchCursor
+    model: nn.Module
+    family: str
+    caches: list[KVCache] = field(default_factory=list)
+    attached: bool = False
+
+    @property
+    def first(self) -> bool:
+        return self.index == 0
+
+    @property
+    def last(self) -> bool:
+        return self.index == self.stages - 1
+
+    def kv_bytes(self) -> int:
+        """Bytes of the K/V caches this rank holds (KV * L / N, divided by the sequence
+        degree inside the stage)."""
+        return sum(c.nbytes() for c in self.caches)
+
+    def attach(self, comm) -> None:
+        """Install what must wrap the inner strategies' hooks (see the module docstring)."""
+        if self.attached:
+            return
+        self.attached = True
+        plan = plans.get_plan(self.family)
+        for pattern in (a.pattern for a in plan.attention if a.layout == "self"):
+            for path, attn in plans.find(self.model, pattern):
+                proc = attn.processor
+                if isinstance(proc, PlanAttnProcessor):
+                    head_dim = proc.head_dim
+                else:
+                    PlanAttnProcessor.check(attn, path)
+                    head_dim = attn.to_q.out_features // attn.heads
+                cache = KVCache(self.cursor, comm.mesh.size("ulysses"))
+                self.caches.append(cache)
+                attn.set_processor(PlanAttnProcessor("self", PipeCore(comm, cache), head_dim, path))
+        if self.last:
+            self.model.get_submodule(plan.gather_after).register_forward_hook(_place(self.cursor))
+
+
+def _set(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
+def _graft(root: nn.Module, relative: str, module: nn.Module) -> None:
+    """Attach `module` at `relative` under `root`, creating empty containers on the way."""
+    *parents, name = relative.split(".")
+    node = root
+    for p in parents:
+        if not hasattr(node, p):
+            node.add_module(p, nn.Module())
+        node = getattr(node, p)
+    node.add_module(name, module)
+
+
+def hidden_size(model: nn.Module) -> int:
+    """Width of the token stream between blocks (heads x head dim)."""
+    cfg = model.config
+    return int(cfg.num_attention_heads * cfg.attention_head_dim)
+
+
+def build_stage(
+    model: nn.Module, family: str, index: int, stages: int, patches: int, shards: int = 1
+) -> Stage:
+    """Cut `model` in place down to stage `index` of `stages` and install the patch hooks."""
+    pipe, plan = PIPE_PLANS[family], plans.get_plan(family)
+    blocks: nn.ModuleList = model.get_submodule(pipe.blocks)
+    start, stop = stage_bounds(len(blocks), stages)[index]
+    cursor = PatchCursor(patches=patches, shards=shards)
+    last = index == stages - 1
+
+    # The head's reads from other stages' blocks, taken before those blocks go.
+    kept = {p: model.get_submodule(p) for p in pipe.head_reads} if last else {}
+    for j in range(len(blocks)):
+        if not start <= j < stop:
+            blocks[j] = Skipped()  # the original block (and its parameters) is freed
+    for path, module in kept.items():
+        j, _, rest = path[len(pipe.blocks) + 1 :].partition(".")
+        if not start <= int(j) < stop:
+            _graft(blocks[int(j)], rest, module)
+
+    if index == 0:
+        model.get_submodule(plan.split_after).register_forward_hook(_select(cursor), prepend=True)
+    else:
+        _set(model, plan.split_after, EmbedStub(hidden_size(model), plan.token_patch, cursor))
+        blocks[start].register_forward_pre_hook(_swap_in(cursor), with_kwargs=True)
+    if not last:
+        blocks[stop - 1].register_forward_hook(_stop_forward)
+        for path in pipe.head:
+            _set(model, path, nn.Identity())  # never reached: the forward stops earlier
+    return Stage(index, stages, (start, stop), cursor, model, family)
+
+
+def _select(cursor: PatchCursor):
+    """Embedding hook (stage 0): the current patch's tokens, or the whole image shard-major."""
+
+    def hook(_module, _args, out: torch.Tensor) -> torch.Tensor:
+        if cursor.full:
+            return cursor.shard_major(out)
+        return out[:, cursor.tokens(out.shape[1])]
+
+    return hook
+
+
+def _swap_in(cursor: PatchCursor):
+    def hook(_module, args, kwargs):
+        received, cursor.inbox = cursor.inbox, None
+        if received is None:
+            raise RuntimeError("pipeline stage ran without activations from the previous stage")
+        if args:
+            return (received, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": received}
+
+    return hook
+
+
+def _stop_forward(_module, _args, output):
+    raise StageOutput(output)
+
+
+def _place(cursor: PatchCursor):
+    """Output-head hook (last stage): the patch's tokens into a zero buffer of the full token
+    count, or the whole image back to row-major order."""
+
+    def hook(_module, _args, out: torch.Tensor) -> torch.Tensor:
+        if cursor.full:
+            return cursor.shard_major(out, inverse=True)
+        n = out.shape[1]
+        full = out.new_zeros((out.shape[0], n * cursor.patches, *out.shape[2:]))
+        full[:, cursor.index * n : (cursor.index + 1) * n] = out
+        return full
+
+    return hook

@@ -1,0 +1,196 @@
+"""Per-model-family parallelization plans: what each module of a diffusers model is, as data.
+
+A plan names modules by path patterns over `model.named_modules()`, in the spirit of diffusers'
+`_cp_plan` / `_tp_plan`: `*` stands for exactly one path segment (a block index), so
+`transformer_blocks.*.attn1` matches `transformer_blocks.3.attn1` and nothing deeper. Strategies
+read plans and stay generic; supporting a new model means adding a `Plan` here.
+
+What a plan says, and who reads it:
+- sequence parallelism (ulysses, ring, usp): where the image tokens are split (`split_after`, the
+  output of the token embedding, or `split_inputs`, model inputs that already are tokens), where
+  they are gathered again (`gather_after`, the output head), and the layout of every attention.
+- tensor parallelism: the same attention list (Q/K/V split by heads, output projections by
+  input features) plus the MLP linears (`column`, `packed_column`, `row`, `packed_row`) and, for
+  UNets, the ResNet blocks split by channels.
+- patch / pipeline strategies may read `attention`, `token_patch` and `resnets` too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import torch
+
+# How the tokens of one attention module are laid out (see the attention processor in
+# suite/parallel/attention.py, which implements every layout with the same projections as
+# diffusers' own processors).
+LAYOUTS: dict[str, str] = {
+    "self": "image tokens attend to image tokens (to_q/to_k/to_v on hidden_states)",
+    "cross": "image queries attend to the text (to_k/to_v on encoder_hidden_states, replicated)",
+    "joint_text_last": "MMDiT (SD3): image and text streams projected separately "
+    "(to_* / add_*_proj), attention over [image; text], outputs to_out / to_add_out",
+    "joint_text_first": "MMDiT (Flux double-stream): as joint_text_last with [text; image] and "
+    "rotary embeddings",
+    "text_prefix": "single stream whose first T tokens are the text (Flux single-stream); T is "
+    "the length of the model input named by Plan.text_input; no output projection",
+}
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """The attention modules matching `pattern` and their token layout (a key of LAYOUTS)."""
+
+    pattern: str
+    layout: str
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout {self.layout!r}; allowed: {', '.join(LAYOUTS)}")
+
+
+@dataclass(frozen=True)
+class PackedRow:
+    """A Linear whose input is the concatenation of sibling modules' outputs, each part split by
+    tensor parallelism on its own (Flux single-stream `proj_out`: [attention, MLP])."""
+
+    pattern: str
+    parts: tuple[str, ...]  # sibling module paths (relative to the Linear's parent) whose
+    # `out_features` give the part widths, in concatenation order
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one model family is split; see the module docstring."""
+
+    family: str
+    token_patch: int  # latent pixels per token side (patch size; Flux packs 2x2)
+    attention: tuple[AttentionPlan, ...]
+    gather_after: str | None = None  # module whose (B, N_local, C) output is gathered on dim 1
+    split_after: str | None = None  # module whose (B, N, D) output is split on dim 1
+    # or: model inputs (name -> dim) that hold the image tokens, split before the model runs
+    split_inputs: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    text_input: str | None = None  # model input whose dim 1 is the text length
+    column: tuple[str, ...] = ()  # Linear split by output features (first MLP linear)
+    packed_column: tuple[tuple[str, int], ...] = ()  # (Linear, k): output is k packed parts
+    row: tuple[str, ...] = ()  # Linear split by input features, all-reduce after
+    packed_row: tuple[PackedRow, ...] = ()
+    resnets: tuple[str, ...] = ()  # diffusers ResnetBlock2D modules, split by channels
+
+    @property
+    def sequence_parallel(self) -> bool:
+        """Whether the token sequence can be split (a DiT: tokens from a patch embedding)."""
+        return self.gather_after is not None
+
+
+def _blocks(prefix: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{prefix}.{n}" for n in names)
+
+
+# BasicTransformerBlock's feed-forward: net.0 is GELU / GEGLU holding `.proj`, net.2 the output.
+_FF_GELU = dict(column=("ff.net.0.proj",), row=("ff.net.2",))
+
+PIXART = Plan(
+    family="pixart",
+    token_patch=2,
+    split_after="pos_embed",
+    gather_after="proj_out",
+    attention=(
+        AttentionPlan("transformer_blocks.*.attn1", "self"),
+        AttentionPlan("transformer_blocks.*.attn2", "cross"),
+    ),
+    column=_blocks("transformer_blocks.*", _FF_GELU["column"]),
+    row=_blocks("transformer_blocks.*", _FF_GELU["row"]),
+)
+
+DIT = Plan(
+    family="dit",
+    token_patch=2,
+    split_after="pos_embed",
+    # proj_out_2 maps tokens to patches; the model then infers the grid from the token count
+    gather_after="proj_out_2",
+    attention=(AttentionPlan("transformer_blocks.*.attn1", "self"),),
+    column=_blocks("transformer_blocks.*", _FF_GELU["column"]),
+    row=_blocks("transformer_blocks.*", _FF_GELU["row"]),
+)
+
+SD3 = Plan(
+    family="sd3",
+    token_patch=2,
+    split_after="pos_embed",
+    gather_after="proj_out",
+    attention=(AttentionPlan("transformer_blocks.*.attn", "joint_text_last"),),
+    # the last block is context_pre_only: it has no ff_context, and patterns simply miss it
+    column=_blocks("transformer_blocks.*", ("ff.net.0.proj", "ff_context.net.0.proj")),
+    row=_blocks("transformer_blocks.*", ("ff.net.2", "ff_context.net.2")),
+)
+
+FLUX = Plan(
+    family="flux",
+    token_patch=2,  # the denoiser packs 2x2 latent pixels into one token
+    # tokens enter the model already packed: split them (and their rope positions) up front
+    split_inputs=MappingProxyType({"hidden_states": 1, "img_ids": 0}),
+    gather_after="proj_out",
+    text_input="encoder_hidden_states",
+    attention=(
+        AttentionPlan("transformer_blocks.*.attn", "joint_text_first"),
+        AttentionPlan("single_transformer_blocks.*.attn", "text_prefix"),
+    ),
+    column=(
+        *_blocks("transformer_blocks.*", ("ff.net.0.proj", "ff_context.net.0.proj")),
+        "single_transformer_blocks.*.proj_mlp",
+    ),
+    row=_blocks("transformer_blocks.*", ("ff.net.2", "ff_context.net.2")),
+    packed_row=(PackedRow("single_transformer_blocks.*.proj_out", ("attn.to_q", "proj_mlp")),),
+)
+
+_UNET_TRANSFORMERS = (
+    "down_blocks.*.attentions.*.transformer_blocks.*",
+    "mid_block.attentions.*.transformer_blocks.*",
+    "up_blocks.*.attentions.*.transformer_blocks.*",
+)
+
+UNET = Plan(
+    family="unet",
+    token_patch=1,
+    # convolutions need neighbouring rows: the UNet's sequence is split by patch strategies
+    # (DistriFusion), not here
+    attention=tuple(
+        AttentionPlan(f"{t}.{a}", layout)
+        for t in _UNET_TRANSFORMERS
+        for a, layout in (("attn1", "self"), ("attn2", "cross"))
+    ),
+    # GEGLU: net.0.proj emits [hidden, gate]; each rank keeps its slice of both halves
+    packed_column=tuple((f"{t}.ff.net.0.proj", 2) for t in _UNET_TRANSFORMERS),
+    row=tuple(f"{t}.ff.net.2" for t in _UNET_TRANSFORMERS),
+    resnets=("down_blocks.*.resnets.*", "mid_block.resnets.*", "up_blocks.*.resnets.*"),
+)
+
+PLANS: dict[str, Plan] = {p.family: p for p in (PIXART, DIT, SD3, FLUX, UNET)}
+
+
+def get_plan(family: str) -> Plan:
+    """The plan of a workload family; ValueError naming the known families otherwise."""
+    if family not in PLANS:
+        raise ValueError(f"no parallel plan for family {family!r}; known: {', '.join(PLANS)}")
+    return PLANS[family]
+
+
+def _regex(pattern: str) -> re.Pattern:
+    return re.compile(
+        "^" + r"\.".join(r"[^.]+" if s == "*" else re.escape(s) for s in pattern.split(".")) + "$"
+    )
+
+
+def find(model: torch.nn.Module, pattern: str) -> list[tuple[str, torch.nn.Module]]:
+    """(path, module) of every submodule matching `pattern` ('*' = one path segment)."""
+    rx = _regex(pattern)
+    return [(name, m) for name, m in model.named_modules() if rx.match(name)]
+
+
+def image_tokens(plan: Plan, preset, height: int, width: int) -> tuple[int, int]:
+    """(rows, columns) of the image-token grid for height x width pixels."""
+    side = preset.vae_scale_factor * plan.token_patch
+    return height // side, width // side

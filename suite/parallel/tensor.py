@@ -1,0 +1,216 @@
+"""Tensor parallelism (Megatron-LM, Shoeybi et al. 2019) over the mesh's 'tensor' axis.
+
+Every rank sees all tokens and keeps 1/n of each split layer:
+- attention: Q/K/V projections (and the text-stream add_*_proj of joint attention) split by
+  output features = by heads; each rank attends with its H/n heads; the output projections
+  (to_out.0, to_add_out) split by input features, then one all-reduce of the output;
+- MLP: first linear split by output features (GEGLU: both halves, so each rank keeps matching
+  hidden and gate columns), second by input features, then one all-reduce; Flux's single-stream
+  proj_out takes [attention; MLP] and is split part by part;
+- UNet ResNet blocks, as the tensor-parallel baseline of DistriFusion (Li et al. 2024): conv1
+  and the time projection split by output channels, norm2 by groups, conv2 by input channels,
+  then one all-reduce.
+Norms, adaLN modulation, embeddings, convolutions in/out and the UNet's proj_in/proj_out stay
+replicated. Biases of split-by-input layers are added once, after the all-reduce.
+
+Per DiT block: one all-reduce of B x S x hidden per attention output and per MLP, i.e. the
+design table's 4 * O(p * hs) * L counted in bus bytes (all-reduce factor 2).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from suite.comm import Comm
+from suite.parallel import Parallelized, Strategy, register
+from suite.parallel.attention import LocalCore, install, track_text_length
+from suite.parallel.plans import PLANS, find, get_plan
+
+_ATTN_COLUMN = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
+
+
+class RowParallel(nn.Module):
+    """A Linear or Conv2d keeping the input features `index` of this rank: the local partial
+    product, summed over the 'tensor' axis, plus the (replicated) bias once."""
+
+    def __init__(self, module: nn.Module, index: torch.Tensor, comm: Comm, layer: str):
+        super().__init__()
+        self.is_conv = isinstance(module, nn.Conv2d)
+        if self.is_conv and (module.groups != 1 or module.padding_mode != "zeros"):
+            raise NotImplementedError(f"{layer}: only plain zero-padded convolutions are split")
+        self.weight = nn.Parameter(module.weight[:, index].clone(), requires_grad=False)
+        self.bias = module.bias
+        self.geometry = (module.stride, module.padding, module.dilation) if self.is_conv else ()
+        self.comm, self.layer = comm, layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_conv:
+            y = F.conv2d(x, self.weight, None, *self.geometry)
+        else:
+            y = F.linear(x, self.weight)
+        y = self.comm.all_reduce(y, "tensor", layer=self.layer)
+        if self.bias is None:
+            return y
+        return y + (self.bias[:, None, None] if self.is_conv else self.bias)
+
+
+def _columns(width: int, rank: int, n: int, packed: int = 1) -> torch.Tensor:
+    """Indices of this rank's share of `width` features made of `packed` equal parts."""
+    part = width // packed
+    share = part // n
+    return torch.cat(
+        [
+            torch.arange(j * part + rank * share, j * part + (rank + 1) * share)
+            for j in range(packed)
+        ]
+    )
+
+
+def _shard_out(module: nn.Module, index: torch.Tensor) -> None:
+    """Keep output features `index` of a Linear / Conv2d, in place."""
+    module.weight = nn.Parameter(module.weight[index].clone(), requires_grad=False)
+    if module.bias is not None:
+        module.bias = nn.Parameter(module.bias[index].clone(), requires_grad=False)
+    if isinstance(module, nn.Linear):
+        module.out_features = len(index)
+    else:
+        module.out_channels = len(index)
+
+
+def _split_group_norm(norm: nn.GroupNorm, rank: int, n: int) -> nn.GroupNorm:
+    """This rank's groups: channels [rank * C/n, (rank+1) * C/n) hold exactly G/n groups."""
+    c = norm.num_channels // n
+    part = nn.GroupNorm(norm.num_groups // n, c, eps=norm.eps, affine=False)
+    if norm.affine:
+        part.weight = nn.Parameter(
+            norm.weight[rank * c : (rank + 1) * c].clone(), requires_grad=False
+        )
+        part.bias = nn.Parameter(norm.bias[rank * c : (rank + 1) * c].clone(), requires_grad=False)
+        part.affine = True
+    return part
+
+
+def _set(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
+def apply_tensor(workload, comm, options) -> Parallelized:
+    """Shard the model's plan modules over the 'tensor' axis, in place."""
+    plan = get_plan(workload.preset.family)
+    model = workload.denoiser.model
+    n, rank = comm.mesh.size("tensor"), comm.mesh.rank("tensor")
+
+    def row(path: str, module: nn.Module, index: torch.Tensor) -> None:
+        _set(model, path, RowParallel(module, index, comm, path))
+
+    # widths of packed-row inputs, read before their producers are split
+    packed_rows = []
+    for spec in plan.packed_row:
+        for path, lin in find(model, spec.pattern):
+            parent = model.get_submodule(path.rpartition(".")[0])
+            widths = [parent.get_submodule(p).out_features for p in spec.parts]
+            packed_rows.append((path, lin, widths))
+
+    # processors read the head size from the unsharded projections, so install them first
+    text_length = track_text_length(model, plan)
+    attention = install(model, plan, lambda layout: LocalCore(), text_length, replace=False)
+    if n == 1:
+        return Parallelized(
+            denoiser=workload.denoiser, inputs=workload.inputs, modules=[workload.denoiser]
+        )
+
+    for path in attention:
+        attn = model.get_submodule(path)
+        for name in _ATTN_COLUMN:
+            lin = getattr(attn, name, None)
+            if lin is not None:
+                _shard_out(lin, _columns(lin.out_features, rank, n))
+        to_out = getattr(attn, "to_out", None)
+        if to_out is not None:
+            row(f"{path}.to_out.0", to_out[0], _columns(to_out[0].in_features, rank, n))
+        if getattr(attn, "to_add_out", None) is not None:
+            row(
+                f"{path}.to_add_out",
+                attn.to_add_out,
+                _columns(attn.to_add_out.in_features, rank, n),
+            )
+    for pattern in plan.column:
+        for _, lin in find(model, pattern):
+            _shard_out(lin, _columns(lin.out_features, rank, n))
+    for pattern, packed in plan.packed_column:
+        for _, lin in find(model, pattern):
+            _shard_out(lin, _columns(lin.out_features, rank, n, packed))
+    for pattern in plan.row:
+        for path, lin in find(model, pattern):
+            row(path, lin, _columns(lin.in_features, rank, n))
+    for path, lin, widths in packed_rows:
+        index = torch.cat([sum(widths[:j]) + _columns(w, rank, n) for j, w in enumerate(widths)])
+        row(path, lin, index)
+    for pattern in plan.resnets:
+        for path, res in find(model, pattern):
+            if res.time_embedding_norm != "default":
+                raise NotImplementedError(f"{path}: time_embedding_norm {res.time_embedding_norm}")
+            index = _columns(res.conv1.out_channels, rank, n)
+            _shard_out(res.conv1, index)
+            if res.time_emb_proj is not None:
+                _shard_out(res.time_emb_proj, index)
+            res.norm2 = _split_group_norm(res.norm2, rank, n)
+            row(f"{path}.conv2", res.conv2, index)
+    return Parallelized(
+        denoiser=workload.denoiser, inputs=workload.inputs, modules=[workload.denoiser]
+    )
+
+
+def _head_counts(preset) -> list[int]:
+    """Head counts of every attention layer (the UNet's differ per level)."""
+    if preset.family == "unet":
+        # diffusers' UNet reads attention_head_dim as the head count (see workloads.presets)
+        heads = preset.config.get("num_attention_heads") or preset.config["attention_head_dim"]
+        return sorted(set(heads)) if isinstance(heads, tuple | list) else [heads]
+    return [preset.heads]
+
+
+def validate_tensor(spec, preset) -> list[str]:
+    """Degrees that cannot shard this model, in sentences."""
+    n = dict(spec.degrees).get("tensor", 1)
+    problems = []
+    if preset.family not in PLANS:
+        return [f"family {preset.family} has no tensor-parallel plan"]
+    bad = [h for h in _head_counts(preset) if h % n]
+    if bad:
+        problems.append(
+            f"tensor degree {n} does not divide the attention head count(s) {bad} of "
+            f"{preset.name}; the degree must divide every layer's head count "
+            f"{_head_counts(preset)}"
+        )
+    if preset.family == "unet":
+        groups = preset.config["norm_num_groups"]
+        channels = list(preset.config["block_out_channels"])
+        if groups % n:
+            problems.append(
+                f"tensor degree {n} does not divide the {groups} GroupNorm groups of "
+                f"{preset.name}; ResNet norms are split by groups"
+            )
+        if any(c % n for c in channels):
+            problems.append(
+                f"tensor degree {n} does not divide the channel counts {channels} of "
+                f"{preset.name}; ResNet convolutions are split by channels"
+            )
+    return problems
+
+
+register(
+    Strategy(
+        name="tensor",
+        axes=("tensor",),
+        families=frozenset(PLANS),
+        exact=True,
+        paper="Megatron-LM tensor parallelism (Shoeybi et al. 2019); UNet: DistriFusion's "
+        "tensor-parallel baseline (Li et al. 2024)",
+        apply=apply_tensor,
+        validate=validate_tensor,
+    )
+)

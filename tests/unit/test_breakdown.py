@@ -1,0 +1,230 @@
+"""Breakdown tables on a small hand-made store whose every number is worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import breakdown
+from analysis.report import write_report
+from suite.comm import EVENT_DTYPE, OPS
+from suite.mesh import AXES
+from suite.results import ResultStore, RunRecord
+from suite.runner import STEP_DTYPE
+
+# distrifusion w2, 2 timed loops x 2 steps: (step_s, comm_s, exposed_comm_s) per rank,
+# repeat, step. Rank 0 hides a quarter of its communication, rank 1 nearly all of it.
+STEPS = {
+    (0, 0, 0): (0.2, 0.1, 0.05),
+    (0, 0, 1): (0.2, 0.1, 0.1),
+    (0, 1, 0): (0.2, 0.1, 0.05),
+    (0, 1, 1): (0.2, 0.1, 0.1),
+    (1, 0, 0): (0.3, 0.1, 0.0),
+    (1, 0, 1): (0.3, 0.1, 0.02),
+    (1, 1, 0): (0.3, 0.1, 0.0),
+    (1, 1, 1): (0.3, 0.1, 0.0),
+}
+# (rank, op, axis): calls_per_step, bytes_per_step, time_s, exposed_s
+COMM = {
+    (0, "all_gather", "patch"): (10, 800.0, 0.08, 0.06),
+    (0, "all_reduce", "patch"): (2, 200.0, 0.02, 0.015),
+    (1, "all_gather", "patch"): (10, 800.0, 0.08, 0.004),
+    (1, "all_reduce", "patch"): (2, 200.0, 0.02, 0.001),
+}
+# Rank 0's raw ledger events: (layer, op, nbytes, async, t_issue, t_done, wait start, wait end).
+EVENTS0 = [
+    ("down_blocks.0.resnets.0.conv1", "all_gather", 400, True, 0.0, 0.04, 0.01, 0.03),
+    ("down_blocks.0.resnets.0.norm1", "all_reduce", 100, False, 0.05, 0.06, 0.05, 0.06),
+    ("transformer_blocks.0.attn1", "all_gather", 200, True, 0.1, 0.2, 0.15, 0.2),
+    ("output", "all_gather", 300, False, 0.3, 0.32, 0.3, 0.32),
+]
+
+
+def _run(run_id: str, strategy: str, world: int, latency: float, **extra) -> dict:
+    return {
+        "run_id": run_id,
+        "experiment": "bd",
+        "workload": "tiny-x",
+        "height": 64,
+        "width": 64,
+        "steps": 2,
+        "strategy": strategy,
+        "degrees": {"patch": world} if world > 1 else {},
+        "options": {},
+        "world_size": world,
+        "repeats": 2,
+        "latency_s": latency,
+        "status": "ok",
+        "output_dir": f"runs/{run_id}",
+        **extra,
+    }
+
+
+def _events(rows: list[tuple], layers: list[str]) -> np.ndarray:
+    ev = np.zeros(len(rows), dtype=EVENT_DTYPE)
+    for e, (layer, op, nbytes, is_async, t0, t1, w0, w1) in zip(ev, rows, strict=True):
+        e["layer"], e["op"], e["axis"] = layers.index(layer), OPS.index(op), AXES.index("patch")
+        e["group_size"], e["nbytes"], e["is_async"] = 2, nbytes, is_async
+        e["t_issue"], e["t_done"], e["t_wait_start"], e["t_wait_end"] = t0, t1, w0, w1
+    return ev
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bd")
+    db = ResultStore(root / "results.db")
+    base_steps = [
+        {"rank": 0, "repeat": rep, "step": s, "step_s": 0.25, "comm_s": 0.0}
+        | {"exposed_comm_s": 0.0, "compute_s": 0.25, "comm_bytes": 0.0}
+        for rep in (0, 1)
+        for s in (0, 1)
+    ]
+    db.save(RunRecord(run=_run("base", "none", 1, 0.5), rank_steps=base_steps))
+    steps = [
+        {"rank": r, "repeat": rep, "step": s, "step_s": st, "comm_s": c, "exposed_comm_s": x}
+        | {"compute_s": st - x, "comm_bytes": 1000.0}
+        for (r, rep, s), (st, c, x) in STEPS.items()
+    ]
+    comm = [
+        {"rank": r, "op": op, "axis": axis, "calls_per_step": n, "bytes_per_step": b}
+        | {"time_s": t, "exposed_s": x}
+        for (r, op, axis), (n, b, t, x) in COMM.items()
+    ]
+    run = _run("df", "distrifusion", 2, 0.8, comm_s=0.1, exposed_comm_s=0.04, overlap_pct=60.0)
+    db.save(RunRecord(run=run | {"comm_bytes_per_step": 1000.0}, rank_steps=steps, comm=comm))
+    # a failed run is never part of a breakdown
+    db.save(RunRecord(run=_run("bad", "ulysses", 2, None, status="failed")))
+    layers0 = [e[0] for e in EVENTS0]
+    trace = {
+        "events_rank0": _events(EVENTS0, layers0),
+        "layers_rank0": np.array(layers0, dtype=str),
+        "steps_rank0": np.zeros(4, dtype=STEP_DTYPE),
+        "events_rank1": _events(
+            [("proj_out", "all_gather", 50, False, 0, 0.01, 0, 0.01)], ["proj_out"]
+        ),
+        "layers_rank1": np.array(["proj_out"], dtype=str),
+        "steps_rank1": np.zeros(4, dtype=STEP_DTYPE),
+    }
+    (root / "runs" / "df").mkdir(parents=True)
+    np.savez_compressed(root / "runs" / "df" / "trace.npz", **trace)
+    yield db
+    db.close()
+
+
+def test_layer_types():
+    cases = {
+        "down_blocks.0.resnets.0.conv1": "conv",
+        "down_blocks.0.downsamplers.0.conv": "conv",
+        "down_blocks.1.attentions.0.norm": "norm",
+        "mid_block.resnets.0.norm1": "norm",
+        "transformer_blocks.3.attn1": "attn",
+        "transformer_blocks.0.attn1.to_out.0": "attn",
+        "transformer_blocks.0.ff.net.2": "linear",
+        "proj_out": "output",
+        "proj_out_2": "output",
+        "output": "output",
+        "cfg": "cfg",
+        "pipefusion.stage1": "pipeline",
+        "": "unknown",
+        "blocks.7": "unknown",
+    }
+    assert {p: breakdown.layer_type(p) for p in cases} == cases
+
+
+def test_rank_breakdown_exact(store):
+    df = breakdown.rank_breakdown(store).set_index(["run_id", "rank"])
+    assert set(df.index) == {("base", 0), ("df", 0), ("df", 1)}
+    r0, r1 = df.loc[("df", 0)], df.loc[("df", 1)]
+    assert r0["n_steps"] == 4
+    assert r0[["step_s", "compute_s", "comm_s", "exposed_comm_s"]].tolist() == pytest.approx(
+        [0.2, 0.125, 0.1, 0.075]
+    )
+    assert r0["overlapped_comm_s"] == pytest.approx(0.025)
+    assert r0["overlap_pct"] == pytest.approx(25.0)
+    assert r0["compute_pct"] == pytest.approx(62.5)
+    assert r0["exposed_comm_pct"] == pytest.approx(37.5)
+    assert r1["exposed_comm_s"] == pytest.approx(0.005)
+    assert r1["overlap_pct"] == pytest.approx(95.0)
+    assert r1["comm_bytes_per_step"] == 1000.0
+    base = df.loc[("base", 0)]
+    assert base["comm_s"] == 0 and np.isnan(base["overlap_pct"])  # no comm: no overlap to speak of
+
+
+def test_step_breakdown(store):
+    df = breakdown.step_breakdown(store)
+    row = df[(df["run_id"] == "df") & (df["rank"] == 0) & (df["repeat"] == 0) & (df["step"] == 0)]
+    assert row["overlapped_comm_s"].item() == pytest.approx(0.05)
+    assert row["overlap_pct"].item() == pytest.approx(50.0)
+
+
+def test_ideal_latency_is_the_compute_critical_path(store):
+    df = breakdown.ideal_latency(store).set_index("run_id")
+    assert set(df.index) == {"base", "df"}
+    # loop 0: rank 0 computes 0.15 + 0.1, rank 1 0.3 + 0.28 -> 0.58; loop 1: 0.25 vs 0.6
+    assert df.loc["df", "ideal_latency_s"] == pytest.approx(np.median([0.58, 0.6]))
+    assert df.loc["df", "comm_overhead_s"] == pytest.approx(0.8 - 0.59)
+    assert df.loc["df", "comm_overhead_pct"] == pytest.approx(100 * 0.21 / 0.8)
+    assert df.loc["base", "ideal_latency_s"] == pytest.approx(0.5)
+    assert df.loc["base", "comm_overhead_s"] == pytest.approx(0.0)
+
+
+def test_comm_breakdown_by_op_and_axis(store):
+    ops = breakdown.comm_breakdown(store).set_index(["rank", "op"])
+    ag = ops.loc[(0, "all_gather")]
+    assert ag["overlapped_s"] == pytest.approx(0.02)
+    assert ag["overlap_pct"] == pytest.approx(25.0)
+    assert ag["bytes_pct"] == pytest.approx(80.0)
+    assert ag["algbw_gb_s"] == pytest.approx(800 / 0.08 / 1e9)
+    axis = breakdown.comm_breakdown(store, by=("axis",)).set_index(["rank", "axis"])
+    patch = axis.loc[(0, "patch")]
+    assert patch[["calls_per_step", "bytes_per_step", "time_s", "exposed_s"]].tolist() == (
+        pytest.approx([12, 1000.0, 0.1, 0.075])
+    )
+    assert patch["overlap_pct"] == pytest.approx(25.0)
+    assert patch["bytes_pct"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="choose from"):
+        breakdown.comm_breakdown(store, by=("layer",))
+
+
+def test_layer_breakdown_per_step(store):
+    df = breakdown.layer_breakdown(store).set_index(["rank", "layer_type"])
+    assert set(df.index) == {(0, "conv"), (0, "norm"), (0, "attn"), (0, "output"), (1, "output")}
+    # 4 timed steps per rank: rank 0's conv gather moved 400 bytes in 40 ms, blocked 20 ms
+    conv = df.loc[(0, "conv")]
+    assert conv[["calls_per_step", "bytes_per_step", "time_s", "exposed_s"]].tolist() == (
+        pytest.approx([0.25, 100.0, 0.01, 0.005])
+    )
+    assert conv["overlap_pct"] == pytest.approx(50.0)
+    assert conv["bytes_pct"] == pytest.approx(40.0)
+    assert df.loc[(0, "norm"), "overlap_pct"] == pytest.approx(0.0)  # blocking: all exposed
+    assert df.loc[(1, "output"), "bytes_per_step"] == pytest.approx(12.5)
+    by_layer = breakdown.layer_breakdown(store, by=("layer", "op"))
+    assert "down_blocks.0.resnets.0.conv1" in set(by_layer["layer"])
+
+
+def test_trace_events_missing_file_is_empty(store):
+    assert breakdown.trace_events(store, "base").empty
+
+
+def test_report_has_breakdown_section(store, tmp_path):
+    _, md = write_report(store.path, tmp_path)
+    text = md.read_text()
+    for heading in ("## Breakdown", "Latency vs no-communication ideal", "Per rank"):
+        assert heading in text
+    assert "Per mesh axis" in text and "Per layer type" in text
+    # the distrifusion row of the ideal table: latency 0.8, ideal 0.59, overhead 26.25%
+    row = next(line for line in text.splitlines() if "| distrifusion" in line and "0.59" in line)
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    assert cells[3:5] == ["0.8000", "0.5900"]
+    assert cells[5] in ("26.2", "26.3")  # 26.25, rounded either way by binary floats
+    for png in ("rank_breakdown.png", "overlap.png"):
+        assert (tmp_path / png).read_bytes().startswith(b"\x89PNG")
+
+
+def test_empty_store(tmp_path):
+    db = ResultStore(tmp_path / "results.db")
+    assert breakdown.rank_breakdown(db).empty
+    assert breakdown.layer_breakdown(db).empty
+    assert isinstance(breakdown.ideal_latency(db), pd.DataFrame)
+    db.close()

@@ -1,15 +1,17 @@
-"""Measure the comm ledger's overhead: the runs of a config with the ledger on and off.
+"""Measure the comm ledger's overhead: denoising loops with the ledger on and off.
 
     flock /tmp/diffscale-cpu.lock .venv/bin/python reports/overhead_cpu/measure.py \
-        [--config configs/perf/overhead_cpu.yaml] [--rounds 5] [--out reports/overhead_cpu]
+        [--config configs/perf/overhead_cpu.yaml] [--pairs 8] [--out reports/overhead_cpu]
 
-Each run of the config is run 2 x rounds times in one spawned world, ledger on and off in
-alternating order (on-off, off-on, ...) so that drift of a shared machine hits both alike. A
-run's latency is computed as the store computes it (per timed loop the slowest rank, median over
-loops); the overhead is the median over rounds of on / off - 1. The ledger's cost per logged
-call is also timed directly (a tight loop of Ledger calls) and multiplied by the collectives a
-step logs: a prediction free of run-to-run noise. Step timers stay on in both arms: latency is
-measured with them (two perf_counter reads per step).
+For each run of the config, every rank of one spawned world builds and parallelizes the
+workload once (as suite.runner does), runs its warm-up loops, then 2 x pairs timed loops with
+the ledger switched on and off between adjacent loops (on-off, off-on, ...), so that drift of a
+shared machine hits both arms alike. A loop's latency is the slowest rank's, as in the store;
+the overhead is the median over pairs of on / off - 1. Off is what DIFFSCALE_LEDGER=off gives
+(Ledger.enabled False: collectives run unlogged, no completion callbacks). Step timers stay on
+in both arms: latency is measured with them (two perf_counter reads per step). The ledger's
+cost per logged call is also timed directly and multiplied by the calls a step logs: a
+prediction free of run-to-run noise.
 """
 
 from __future__ import annotations
@@ -28,15 +30,52 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from suite import profiling  # noqa: E402
 from suite.comm import Ledger  # noqa: E402
 from suite.config import load_config  # noqa: E402
 from suite.launch import LocalWorld  # noqa: E402
 
 
-def latency(results) -> float:
-    loops = np.max(np.array([r.loop_s for r in results]), axis=0)
-    return float(np.median(loops))
+def interleaved(ctx, spec, pairs: int) -> list[tuple[bool, float, int, int]]:
+    """On one rank: (ledger on?, loop seconds, calls logged, async calls logged) per timed loop.
+
+    Runs on every rank of the world through `world.call`.
+    """
+    import workloads
+    from suite import parallel
+    from suite.comm import Comm
+    from suite.runner import _barrier, denoise
+
+    workload = workloads.build(
+        spec.workload,
+        height=spec.height,
+        width=spec.width,
+        steps=spec.steps,
+        batch=spec.batch,
+        seed=spec.seed,
+        dtype=getattr(torch, spec.dtype),
+        device=ctx.device,
+        scheduler=spec.scheduler,
+        guidance=spec.guidance,
+        weights=spec.weights,
+    )
+    ledger = Ledger(ctx.rank)
+    par = parallel.apply(
+        spec.strategy, workload, Comm(ctx.mesh(spec.dims), ledger), spec.options_dict
+    )
+    out = []
+    with torch.inference_mode():
+        for _ in range(spec.warmup_runs):
+            denoise(par, workload, ledger, ctx.device)
+        for i in range(2 * pairs):
+            ledger.enabled = (i % 2 == 0) == (i // 2 % 2 == 0)  # on-off, off-on, ...
+            ledger.clear()
+            _barrier(ctx)
+            t0 = time.perf_counter()
+            denoise(par, workload, ledger, ctx.device)
+            loop_s = time.perf_counter() - t0
+            n_async = int(ledger.events()["is_async"].sum())
+            out.append((ledger.enabled, loop_s, len(ledger), n_async))
+    return out
 
 
 def per_call_cost_us(n: int = 20000) -> tuple[float, float]:
@@ -68,11 +107,12 @@ def callback_cost_us(n: int = 3000) -> float:
         "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
     )
     x, out = torch.randn(1024), torch.empty(1024)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
     def run(callback: bool) -> float:
         t0 = time.perf_counter()
         for _ in range(n):
-            work = dist.all_gather_into_tensor(out, x, async_op=True)
+            work = gather(out, x, async_op=True)
             if callback:
                 work.get_future().add_done_callback(lambda _f: None)
             work.wait()
@@ -98,42 +138,41 @@ def cpu_model() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs/perf/overhead_cpu.yaml"))
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--out", default=str(ROOT / "reports/overhead_cpu"))
     args = ap.parse_args()
     config = load_config(args.config)
+    load_before = os.getloadavg()
     rows = []
     for spec in config.runs:
-        on, off, ratios, calls = [], [], [], None
         with LocalWorld(spec.world_size, threads_per_rank=spec.threads_per_rank) as world:
-            for i in range(args.rounds):
-                got = {}
-                for mode in ("on", "off") if i % 2 == 0 else ("off", "on"):
-                    setting = None if mode == "on" else "off"
-                    world.call(profiling.configure, {profiling.LEDGER_ENV: setting})
-                    results = world.run(spec)
-                    got[mode] = latency(results)
-                    if mode == "on":
-                        n_steps = spec.repeats * spec.steps
-                        calls = (
-                            np.mean([len(r.events) for r in results]) / n_steps,
-                            np.mean([r.events["is_async"].sum() for r in results]) / n_steps,
-                        )
-                on.append(got["on"])
-                off.append(got["off"])
-                ratios.append(got["on"] / got["off"] - 1)
-                print(f"{spec.label()} round {i}: on {got['on']:.4f} s, off {got['off']:.4f} s")
-            world.call(profiling.configure, {profiling.LEDGER_ENV: None})
-        rows.append((spec, on, off, ratios, calls))
+            per_rank = world.call(interleaved, spec, args.pairs, timeout_s=3600)
+        loops = np.array([[t for _, t, _, _ in rank] for rank in per_rank]).max(axis=0)
+        enabled = np.array([e for e, _, _, _ in per_rank[0]])
+        on, off = loops[enabled], loops[~enabled]
+        ratios = [
+            loops[i] / loops[i + 1] - 1 if enabled[i] else loops[i + 1] / loops[i] - 1
+            for i in range(0, len(loops), 2)
+        ]
+        calls = np.mean([[c for e, _, c, _ in rank if e] for rank in per_rank]) / spec.steps
+        n_async = np.mean([[a for e, _, _, a in rank if e] for rank in per_rank]) / spec.steps
+        print(
+            f"{spec.label()}: on {np.median(on):.4f} s, off {np.median(off):.4f} s, "
+            f"overhead {100 * np.median(ratios):+.2f}%"
+        )
+        rows.append((spec, list(on), list(off), ratios, (calls, n_async)))
     blocking_us, async_us = per_call_cost_us()
     async_us += callback_cost_us()
     cfg = Path(args.config).resolve()
     config_path = cfg.relative_to(ROOT) if cfg.is_relative_to(ROOT) else cfg
-    write_report(Path(args.out), config_path, config, args.rounds, rows, blocking_us, async_us)
+    loads = (load_before, os.getloadavg())
+    write_report(
+        Path(args.out), config_path, config, args.pairs, rows, blocking_us, async_us, loads
+    )
     return 0
 
 
-def write_report(out: Path, config_path, config, rounds, rows, blocking_us, async_us) -> None:
+def write_report(out: Path, config_path, config, pairs, rows, blocking_us, async_us, loads) -> None:
     spec0 = config.runs[0]
     lines = [
         "# Instrumentation overhead on CPU: comm ledger on vs off",
@@ -143,18 +182,22 @@ def write_report(out: Path, config_path, config, rounds, rows, blocking_us, asyn
         "",
         f"- machine: {cpu_model()}, {os.cpu_count()} logical cores, shared with other jobs "
         "(runs serialized by a lock file)",
+        f"- load average (1, 5, 15 min) at start {', '.join(f'{x:.2f}' for x in loads[0])}, "
+        f"at end {', '.join(f'{x:.2f}' for x in loads[1])}: above 2 means other processes "
+        "competed for the 2 cores during the measurement",
         f"- software: Python {platform.python_version()}, torch {torch.__version__}, gloo",
         f"- world: {spec0.world_size} spawned ranks, {spec0.threads_per_rank} intra-op thread per "
-        f"rank; {spec0.warmup_runs} warm-up loop, {spec0.repeats} timed loops of {spec0.steps} "
-        "steps per run",
-        f"- design: each run {2 * rounds} times in one world, ledger on / off alternating "
-        "(on-off, off-on, ...); latency per run as stored (per timed loop the slowest rank, "
-        "median over loops); overhead = median over rounds of latency_on / latency_off - 1",
-        "- off = `DIFFSCALE_LEDGER=off` (Ledger.enabled False: collectives run unlogged); "
-        "step timers stay on in both arms (two perf_counter reads per step)",
+        f"rank; per run the model is built once, {spec0.warmup_runs} warm-up loop, then "
+        f"{2 * pairs} timed loops of {spec0.steps} steps",
+        "- design: ledger on / off switched between adjacent loops (on-off, off-on, ...); a "
+        "loop's latency is the slowest rank's (as in the store); overhead = median over the "
+        f"{pairs} pairs of latency_on / latency_off - 1; latency columns are medians over loops",
+        "- off = what `DIFFSCALE_LEDGER=off` gives (Ledger.enabled False: collectives run "
+        "unlogged, no completion callbacks); step timers stay on in both arms (two "
+        "perf_counter reads per step)",
         "",
-        "| run | collectives / step / rank (async) | latency on [s] | latency off [s] | "
-        "overhead (median) | paired range | predicted from per-call cost |",
+        "| run | collectives / step / rank (async) | loop on [s] | loop off [s] | "
+        "overhead (median) | range over pairs | predicted from per-call cost |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for spec, on, off, ratios, (calls, n_async) in rows:
@@ -174,8 +217,9 @@ def write_report(out: Path, config_path, config, rounds, rows, blocking_us, asyn
         "wait time of an async all-gather in a gloo world of one). The prediction column is "
         "that cost times the calls a step logs, over the ledger-off step time.",
         "",
-        "Target: <= 3%. The paired range shows the run-to-run noise of this shared 2-core "
-        "machine; differences inside it are not resolved by this measurement.",
+        "Target: <= 3%. The range over pairs shows the loop-to-loop noise of this shared "
+        "2-core machine; differences well inside it are not resolved by the end-to-end "
+        "measurement, and the per-call prediction is then the better estimate.",
         "",
     ]
     out.mkdir(parents=True, exist_ok=True)

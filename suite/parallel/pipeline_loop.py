@@ -13,11 +13,14 @@ Schedule of stage k of N, M patches, S steps, W warm-up steps:
   that patch's solver. After the last step it collects the final predictions, so the final
   latents are on stage 0 (and rank 0 with it) without an extra gather.
 
-Receives of a step are posted when the step begins; sends are waited two steps later (a send
-completes once its receive is posted, which the receiver does by then, so this never blocks
-in a healthy pipeline, and it bounds the buffers in flight). Every message on the pipefusion
-axis goes through `Comm`, so the ledger holds exactly the activations and predictions moved.
-Per-rank step i spans this stage's share of step i; time blocked on a receive is the bubble.
+Receives of a step are posted when the step begins, so a message can land while the receiver
+still computes; sends are waited at the end of the step that issued them (the receiver posted
+their receives when it began that step, which never depends on this rank's later work, so this
+cannot deadlock, and at most one step of messages is in flight). Every message on the
+pipefusion axis goes through `Comm`, so the ledger holds exactly the activations and
+predictions moved. Per-rank step i spans this stage's share of step i; time blocked on a
+receive is the bubble. gloo has no completion callback for point-to-point ops, so the ledger
+times them from posting to the wait: their comm_s spans compute, their exposed time does not.
 """
 
 from __future__ import annotations
@@ -152,7 +155,6 @@ class PipeLoop:
                 before_step(i)
             full = i < self.warmup_steps
             if n > 1:
-                mail.settle(before=i - 1)
                 if stage.first:
                     mail.post(i, [pred_band] * m_count, latents, src=n - 1)
                 else:
@@ -174,9 +176,10 @@ class PipeLoop:
                 if stage.first:  # the pipeline drains into stage 0: the final predictions
                     for m in range(m_count):
                         advance(i, m)
-                mail.settle(before=i + 1)
                 cursor.full = True
-                latents = finalize(latents) if finalize is not None else latents
+            mail.settle(before=i + 1)
+            if i == last and finalize is not None:
+                latents = finalize(latents)
             if after_step is not None:
                 after_step(i)
         return latents

@@ -226,29 +226,38 @@ def _comm(store: ResultStore) -> list[Block]:
 
 
 def _pipeline(store: ResultStore) -> list[Block]:
-    # RESTORED STAND-IN: the PipeFusion engineer's _pipeline() sat here and was deleted by
-    # mistake in the fidelity edit (07:14); this shows suite.parallel.pipeline_bubble's table.
-    # Replace it with the original if it differs.
+    """PipeFusion runs: measured pipeline bubble beside the analytic one."""
     from suite.parallel.pipeline_bubble import bubble_table
 
-    df = bubble_table(
-        store.table("runs"), store.table("comm"), store.table("rank_steps")
-    )
+    df = bubble_table(store.table("runs"), store.table("comm"), store.table("rank_steps"))
     if df.empty:
         return []
-    head = ["workload", "degrees", "stages", "patches", "steps", "warmup_steps",
-            "bubble_measured", "bubble_measured_max", "bubble_analytic", "bubble_analytic_paper"]
+    headers = ["workload", "strategy", "degrees", "N", "M", "steps", "warmup_steps"]
+    headers += ["bubble_pct", "bubble_max_pct", "analytic_pct", "paper_pct"]
     rows = [
-        [fmt_text(r["workload"]), fmt_text(r["degrees"]), *(fmt_int(r[c]) for c in head[2:6]),
-         *(fmt_fixed(r[c], 3) for c in head[6:])]
+        [
+            fmt_text(r["workload"]),
+            fmt_text(r["strategy"]),
+            fmt_text(r["degrees"]),
+            fmt_int(r["stages"]),
+            fmt_int(r["patches"]),
+            fmt_int(r["steps"]),
+            fmt_int(r["warmup_steps"]),
+            *(fmt_fixed(100 * r[c], 1) for c in ("bubble_measured", "bubble_measured_max")),
+            *(fmt_fixed(100 * r[c], 1) for c in ("bubble_analytic", "bubble_analytic_paper")),
+        ]
         for _, r in df.iterrows()
     ]
     return [
-        Heading("PipeFusion bubble"),
-        Para("Fraction of the step time a rank waits for its input (measured: exposed recv on "
-             "the pipefusion axis / step_s; analytic: suite.parallel.pipeline_bubble)."),
-        Table(head, rows, right=set(range(2, len(head)))),
-    ]  # fmt: skip
+        Heading("Pipeline bubble (PipeFusion)"),
+        Para(
+            "bubble_pct: time a rank is blocked waiting for its pipeline input (receives on the "
+            "pipefusion axis) / its step time, mean over ranks (max: the worst rank). "
+            "analytic_pct = 1 - S*M / (W*N*M + (S-W)*M + N-1) with W synchronous warm-up steps; "
+            "paper_pct = 1 - M*S / (M*S + N-1), the paper's formula (no warm-up)."
+        ),
+        Table(headers, rows, right=set(range(3, len(headers)))),
+    ]
 
 
 def _run_cells(r: pd.Series) -> list[str]:

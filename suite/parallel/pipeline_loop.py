@@ -59,7 +59,8 @@ class _Mailbox:
         self.sends.append((step, self.comm.send(x, AXIS, dst=dst, layer=layer, async_op=True)))
 
     def settle(self, before: int) -> None:
-        """Wait for the sends issued before step `before`."""
+        """Wait for the sends issued before step `before`; drop the receives of steps before
+        `before - 1` (all taken by then), so buffers of at most two steps are kept."""
         keep = []
         for step, pending in self.sends:
             if step < before:
@@ -67,6 +68,8 @@ class _Mailbox:
             else:
                 keep.append((step, pending))
         self.sends = keep
+        for step in [s for s in self.recvs if s < before - 1]:
+            del self.recvs[step]
 
 
 def _layer(stage: int) -> str:
@@ -108,6 +111,8 @@ class PipeLoop:
         b, c, h, w = latents.shape
         rows = h // m_count
         band = [slice(m * rows, (m + 1) * rows) for m in range(m_count)]
+        # stage 0's latents, one tensor per patch (its solver's state; never a view of another)
+        parts = [latents[:, :, band[m]].clone() for m in range(m_count)]
         x = latents.new_zeros((2 * b if cfg else b, c, h, w))  # model input (stage 0 fills it)
         tokens = (h // self.token_patch) * (w // self.token_patch) // self.shards  # per rank
         act_full = (x.shape[0], tokens, self.hidden)
@@ -122,17 +127,15 @@ class PipeLoop:
         def advance(step: int, m: int) -> None:
             """Stage 0: step patch m's solver with its prediction of `step`."""
             t = timesteps[step]
-            latents[:, :, band[m]] = solvers[m].step(
-                pred_of(step, m), t, latents[:, :, band[m]], return_dict=False
-            )[0]
+            parts[m] = solvers[m].step(pred_of(step, m), t, parts[m], return_dict=False)[0]
 
         def run(i: int, t: torch.Tensor) -> None:
             """This stage's share of the current part (whole image or patch m) at step i."""
             j = 0 if cursor.full else cursor.index
-            parts = range(m_count) if cursor.full else [cursor.index]
+            todo = range(m_count) if cursor.full else [cursor.index]
             if stage.first:
-                for m in parts:  # each band scaled by its own solver (Euler tracks sigma)
-                    xin = scale_input(solvers[m], latents[:, :, band[m]], t)
+                for m in todo:  # each band scaled by its own solver (Euler tracks sigma)
+                    xin = scale_input(solvers[m], parts[m], t)
                     x[:, :, band[m]] = torch.cat([xin, xin]) if cfg else xin
             else:
                 cursor.inbox = mail.take(i, j)
@@ -141,7 +144,7 @@ class PipeLoop:
             except StageOutput as done:
                 mail.send(i, done.hidden_states, dst=k + 1)
                 return
-            for m in parts:
+            for m in todo:
                 pred = out[:, :, band[m]]
                 pred = combine_cfg(pred, workload.guidance) if cfg else pred
                 if n == 1:
@@ -178,8 +181,11 @@ class PipeLoop:
                         advance(i, m)
                 cursor.full = True
             mail.settle(before=i + 1)
-            if i == last and finalize is not None:
-                latents = finalize(latents)
+            if i == last:
+                # stage 0 holds the final latents; other stages return their initial ones
+                # (same shape, so the outer strategies' gathers still match up)
+                latents = torch.cat(parts, dim=2) if stage.first else latents
+                latents = finalize(latents) if finalize is not None else latents
             if after_step is not None:
                 after_step(i)
         return latents

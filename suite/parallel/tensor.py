@@ -97,71 +97,79 @@ def _set(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, name, module)
 
 
+def _shard_attention(model: nn.Module, path: str, rank: int, n: int, row) -> None:
+    """Q/K/V (and text-stream) projections by heads, output projections by input features."""
+    attn = model.get_submodule(path)
+    for name in _ATTN_COLUMN:
+        lin = getattr(attn, name, None)
+        if lin is not None:
+            _shard_out(lin, _columns(lin.out_features, rank, n))
+    to_out = getattr(attn, "to_out", None)
+    if to_out is not None:
+        row(f"{path}.to_out.0", to_out[0], _columns(to_out[0].in_features, rank, n))
+    add_out = getattr(attn, "to_add_out", None)
+    if add_out is not None:
+        row(f"{path}.to_add_out", add_out, _columns(add_out.in_features, rank, n))
+
+
+def _shard_resnet(res: nn.Module, path: str, rank: int, n: int, row) -> None:
+    """conv1 and the time projection by output channels, norm2 by groups, conv2 by input
+    channels (DistriFusion's tensor-parallel ResNet)."""
+    if res.time_embedding_norm != "default":
+        raise NotImplementedError(f"{path}: time_embedding_norm {res.time_embedding_norm}")
+    index = _columns(res.conv1.out_channels, rank, n)
+    _shard_out(res.conv1, index)
+    if res.time_emb_proj is not None:
+        _shard_out(res.time_emb_proj, index)
+    res.norm2 = _split_group_norm(res.norm2, rank, n)
+    row(f"{path}.conv2", res.conv2, index)
+
+
 def apply_tensor(workload, comm, options) -> Parallelized:
-    """Shard the model's plan modules over the 'tensor' axis, in place."""
+    """Shard the plan's modules over the 'tensor' axis, in place."""
     plan = get_plan(workload.preset.family)
     model = workload.denoiser.model
     n, rank = comm.mesh.size("tensor"), comm.mesh.rank("tensor")
+    par = Parallelized(
+        denoiser=workload.denoiser, inputs=workload.inputs, modules=[workload.denoiser]
+    )
 
     def row(path: str, module: nn.Module, index: torch.Tensor) -> None:
         _set(model, path, RowParallel(module, index, comm, path))
 
-    # widths of packed-row inputs, read before their producers are split
-    packed_rows = []
+    # input part widths of packed-row linears, read before their producers are split
+    packed = []
     for spec in plan.packed_row:
         for path, lin in find(model, spec.pattern):
             parent = model.get_submodule(path.rpartition(".")[0])
-            widths = [parent.get_submodule(p).out_features for p in spec.parts]
-            packed_rows.append((path, lin, widths))
-
-    # processors read the head size from the unsharded projections, so install them first
+            packed.append((path, lin, [parent.get_submodule(p).out_features for p in spec.parts]))
+    # processors read the head size from the unsharded projections, so install them first;
+    # composed with a sequence strategy, its processors (agnostic of head sharding) stay
     text_length = track_text_length(model, plan)
     attention = install(model, plan, lambda layout: LocalCore(), text_length, replace=False)
     if n == 1:
-        return Parallelized(
-            denoiser=workload.denoiser, inputs=workload.inputs, modules=[workload.denoiser]
-        )
-
+        return par
     for path in attention:
-        attn = model.get_submodule(path)
-        for name in _ATTN_COLUMN:
-            lin = getattr(attn, name, None)
-            if lin is not None:
-                _shard_out(lin, _columns(lin.out_features, rank, n))
-        to_out = getattr(attn, "to_out", None)
-        if to_out is not None:
-            row(f"{path}.to_out.0", to_out[0], _columns(to_out[0].in_features, rank, n))
-        if getattr(attn, "to_add_out", None) is not None:
-            row(
-                f"{path}.to_add_out",
-                attn.to_add_out,
-                _columns(attn.to_add_out.in_features, rank, n),
-            )
+        _shard_attention(model, path, rank, n, row)
     for pattern in plan.column:
         for _, lin in find(model, pattern):
             _shard_out(lin, _columns(lin.out_features, rank, n))
-    for pattern, packed in plan.packed_column:
+    for pattern, parts in plan.packed_column:
         for _, lin in find(model, pattern):
-            _shard_out(lin, _columns(lin.out_features, rank, n, packed))
+            _shard_out(lin, _columns(lin.out_features, rank, n, parts))
     for pattern in plan.row:
         for path, lin in find(model, pattern):
             row(path, lin, _columns(lin.in_features, rank, n))
-    for path, lin, widths in packed_rows:
-        index = torch.cat([sum(widths[:j]) + _columns(w, rank, n) for j, w in enumerate(widths)])
-        row(path, lin, index)
+    for path, lin, widths in packed:
+        row(
+            path,
+            lin,
+            torch.cat([sum(widths[:j]) + _columns(w, rank, n) for j, w in enumerate(widths)]),
+        )
     for pattern in plan.resnets:
         for path, res in find(model, pattern):
-            if res.time_embedding_norm != "default":
-                raise NotImplementedError(f"{path}: time_embedding_norm {res.time_embedding_norm}")
-            index = _columns(res.conv1.out_channels, rank, n)
-            _shard_out(res.conv1, index)
-            if res.time_emb_proj is not None:
-                _shard_out(res.time_emb_proj, index)
-            res.norm2 = _split_group_norm(res.norm2, rank, n)
-            row(f"{path}.conv2", res.conv2, index)
-    return Parallelized(
-        denoiser=workload.denoiser, inputs=workload.inputs, modules=[workload.denoiser]
-    )
+            _shard_resnet(res, path, rank, n, row)
+    return par
 
 
 def _head_counts(preset) -> list[int]:

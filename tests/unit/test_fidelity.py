@@ -321,3 +321,14 @@ def test_report_shows_the_fidelity_table_and_a_grid_per_method(tmp_path):
     run[0, 0, 0] = 10  # a difference of 10 shows as 40 (x4) in the third tile
     grid = diff_grid(base, run)
     assert grid.shape == (2, 6, 3) and grid[0, 4, 0] == 40 and grid[1, 5, 0] == 0
+
+
+def test_fidelity_command_scores_a_results_directory(tmp_path, capsys):
+    from suite.cli import main
+
+    _store_with_runs(tmp_path).close()
+    assert main(["fidelity", str(tmp_path), "--no-download"]) == 0
+    out = capsys.readouterr().out
+    assert "method: scored vs baseline base" in out and "lpips missing: " in out
+    with ResultStore(tmp_path / "results.db") as store:
+        assert set(store.table("fidelity")["run_id"]) == {"method"}

@@ -116,7 +116,8 @@ def test_raising_rank_ends_world_quickly_and_world_restarts(world2):
     t0 = time.monotonic()
     with pytest.raises(RunFailed, match="injected failure on rank 1"):
         world2.call(fail_on_rank_one, timeout_s=120)
-    assert time.monotonic() - t0 < 30  # not the collective timeout
+    # torn down on the error report, not after the fixture's 120 s collective timeout
+    assert time.monotonic() - t0 < 60
     assert world2.call(whoami) == [0, 1]  # a fresh world takes the next task
 
 

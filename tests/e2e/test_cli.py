@@ -99,12 +99,11 @@ def test_rerun_skips_stored_runs(quickstart):
 
 def test_bad_config_fails_before_any_process(tmp_path):
     config = write_config(tmp_path, workloads=["tiny-nope"])
-    t0 = time.monotonic()
     proc = cli("run", str(config), cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "workloads[0]" in proc.stderr and "tiny-sdxl" in proc.stderr  # lists what is allowed
-    assert time.monotonic() - t0 < 30
-    assert not (tmp_path / "results").exists()
+    # nothing was started or stored: no store, and no world's progress output
+    assert not (tmp_path / "results").exists() and "runs:" not in proc.stderr
 
 
 def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path):

@@ -17,7 +17,7 @@ projection width (heads = width / head_dim), so tensor-parallel shards pass thro
 
 Joint attention (SD3, Flux): the text tokens are replicated on every rank and only the image
 tokens are split. Ulysses: each rank keeps its head slice of the text locally (no traffic) and
-all-gathers the text output over heads afterwards. Ring: the text K/V join the rank's first block
+sends its heads of the text output to every rank inside the output all-to-all. Ring: the text K/V join the rank's first block
 only, so every key is counted once; the text queries see all blocks and their output is complete
 on every rank.
 """
@@ -107,9 +107,18 @@ class SequenceCore:
         else:
             out, out_text = LocalCore()(q, k, v, text, text_first, layer)
         if u > 1:
-            out = comm.all_to_all(out, "ulysses", scatter_dim=1, gather_dim=2, layer=layer)
-            if out_text is not None:
-                out_text = comm.all_gather(out_text, "ulysses", dim=2, layer=layer)
+            if out_text is None:
+                out = comm.all_to_all(out, "ulysses", scatter_dim=1, gather_dim=2, layer=layer)
+            else:
+                # every rank needs the text output with all heads: append this rank's heads of
+                # it to each destination's chunk of the output all-to-all (the bytes of an
+                # all-gather, without a second collective)
+                n_img = out.shape[1] // u
+                chunks = [torch.cat([c, out_text], dim=1) for c in out.chunk(u, dim=1)]
+                both = comm.all_to_all(
+                    torch.cat(chunks, dim=1), "ulysses", scatter_dim=1, gather_dim=2, layer=layer
+                )
+                out, out_text = both[:, :n_img], both[:, n_img:]
         return out, out_text
 
     def _ring(self, q, k, v, text: Text, text_first: bool, layer: str):

@@ -150,12 +150,12 @@ def expected_bytes(strategy: str, model: str, degrees: dict) -> dict:
     if ring * uly > 1:
         hs, N, T, L, C = m["hs"], m["N"], m["T"], m["layers"], m["C"]
         if uly > 1:
-            # per layer: Q, K, V and O buffers of N/(ring*uly) tokens = (4/N_dev) O(p hs) L
+            # per layer: Q, K, V and O buffers of N/(ring*uly) tokens = (4/N_dev) O(p hs) L;
+            # joint layers: + every rank's heads of the (replicated) text output, in O's buffer
             out[("all_to_all", "ulysses")] = L * 4 * B * N // (ring * uly) * hs * F32
-            # joint layers: the text output, all-gathered over heads
-            out[("all_gather", "ulysses")] = m["text"] * B * T * hs * F32
+            out[("all_to_all", "ulysses")] += m["text"] * B * T * hs * F32
             # the output head's tokens; with a ring, this gathers the ring block only
-            out[("all_gather", "ulysses")] += B * N // ring * C * F32
+            out[("all_gather", "ulysses")] = B * N // ring * C * F32
         if ring > 1:
             # per layer, ring-1 hops of the image K and V block (hs/uly heads) = 2 O(p hs) L
             hop = 2 * B * N // ring * hs // uly * F32

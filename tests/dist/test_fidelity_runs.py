@@ -74,10 +74,13 @@ def test_sweep_record_saves_images_and_fills_the_fidelity_table(world1, world2, 
 
 # -- PSNR ordering on the trained presets ------------------------------------------------------
 
-# Margins [dB] between neighbours, measured at 20 DDIM steps, batch 4, seed 0, world 2 (see the
-# numbers in the comments of _MARGINS) and asserted with about half the measured gap.
+# Margins [dB] between neighbours (naive -> async, async -> full_sync), 20 DDIM steps, batch 4,
+# seed 0, world 2, asserted at about half the measured gap.
 _MARGINS = {
-    "trained-tiny-dit": (3.0, 20.0),
+    # measured: naive_patch 19.39, distrifusion 29.16, full_sync 100 (the cap: bitwise equal)
+    "trained-tiny-dit": (5.0, 35.0),
+    # not measured yet (the patch strategies do not take family unet2d): conservative guesses,
+    # to be set from the printed PSNRs once they do
     "trained-tiny-unet": (3.0, 20.0),
 }
 

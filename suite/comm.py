@@ -11,10 +11,25 @@ output, reduce_scatter its full input, all_reduce / all_to_all / broadcast the b
 recv the message.
 
 Logging cost: records live in a pre-allocated numpy structured array (grown by doubling, rarely);
-on CPU, times are perf_counter readings and an async op's completion time comes from a callback
-on its future (no polling, no syncs). On CUDA, times are CUDA events on the current stream,
-resolved to seconds only when the runner synchronizes at a step's end; an async op's t_done is
-then its wait end (NCCL futures complete stream-ordered, not on the host), an upper bound.
+on CPU, times are perf_counter readings, with no polling and no syncs. On CUDA, times are CUDA
+events on the current stream, resolved to seconds only when the runner synchronizes at a step's
+end; an async op's t_done is then its wait end (NCCL futures complete stream-ordered, not on the
+host), an upper bound.
+
+An async op's t_done on CPU. By default it is taken at the wait, by asking the backend whether
+the op has completed (`work.is_completed()`, a C++ call) just before the wait starts:
+- already complete: t_done = t_wait_end = t_wait_start. The op was hidden: 0 s exposed (exact);
+  it finished at the latest when the wait started, so its duration t_done - t_issue (what comm_s
+  sums) is an upper bound, issue to wait start, for a fully hidden op;
+- not complete: t_done = t_wait_end, exact up to the wait's return, since the wait returns when
+  the op completes (an exposed op).
+With `Ledger(done_callbacks=True)` (the runner sets it when profiling, DIFFSCALE_PROFILE=1) a
+callback on the op's future stamps t_done when the backend completes it instead: exact for
+hidden ops too, but on CPU each callback is a GIL hand-off from the backend's thread to the
+rank's main thread, which costs several percent of a step with one core per rank
+(reports/overhead_cpu/diagnosis.md), so it is off in timed benchmark runs. In a fake world
+(torch's fake process group) the callback is always used: ops complete at issue and the callback
+runs inline, at no cost, so their duration stays ~0.
 """
 
 from __future__ import annotations
@@ -65,10 +80,19 @@ class Ledger:
     """Per-rank record of collectives; the runner sets `repeat` and `step` as the loop advances."""
 
     def __init__(
-        self, rank: int, *, cuda: bool = False, capacity: int = 4096, enabled: bool = True
+        self,
+        rank: int,
+        *,
+        cuda: bool = False,
+        capacity: int = 4096,
+        enabled: bool = True,
+        done_callbacks: bool = False,
     ):
         self.rank = rank
         self.enabled = enabled
+        # CPU: stamp an async op's t_done from a callback on its future (exact, but a GIL
+        # hand-off per op) rather than at its wait (see the module docstring)
+        self.done_callbacks = done_callbacks
         self.repeat = -1
         self.step = 0
         self.layers: list[str] = []
@@ -111,22 +135,43 @@ class Ledger:
         return idx
 
     def mark_done(self, idx: int) -> None:
-        """Completion callback of an async op (any thread)."""
+        """Completion callback of an async op (any thread, `done_callbacks` mode)."""
         t = self.now()
         with self._lock:
-            self._events[idx]["t_done"] = t
+            ev = self._events[idx]
+            if np.isnan(ev["t_done"]):  # a callback trailing the wait end changes nothing
+                ev["t_done"] = t
 
     def close_blocking(self, idx: int) -> None:
         """A blocking op returned: it was done, and waited on, from issue to now."""
         self._stamp(idx, "t_done")
 
-    def begin_wait(self, idx: int) -> None:
+    def begin_wait(self, idx: int, completed: bool = False) -> None:
+        """The caller starts waiting on async op `idx`.
+
+        `completed`: the backend reported the op complete just before (CPU only). The wait is
+        then settled here: t_done = t_wait_end = t_wait_start (0 s exposed, t_done an upper
+        bound), and `end_wait` is not called.
+        """
+        if completed and not self._cuda:
+            t = self.now()
+            with self._lock:
+                ev = self._events[idx]
+                ev["wait_step"] = self.step
+                ev["t_wait_start"] = ev["t_wait_end"] = t
+                if np.isnan(ev["t_done"]) or ev["t_done"] > t:
+                    ev["t_done"] = t
+            return
         with self._lock:
             self._events[idx]["wait_step"] = self.step
         self._stamp(idx, "t_wait_start")
 
+    def polls_completion(self) -> bool:
+        """Whether a wait should ask the backend if its op already completed (CPU, no callbacks)."""
+        return not self._cuda and not self.done_callbacks
+
     def end_wait(self, idx: int) -> None:
-        """The caller got an async op's result."""
+        """The caller got an async op's result (an op not complete when its wait started)."""
         self._stamp(idx, "t_wait_end")
         if self._cuda:
             self._stamp(idx, "t_done")
@@ -195,14 +240,25 @@ class Pending:
 
     def wait(self) -> torch.Tensor:
         if self._work is not None:
-            if self._ledger is not None:
-                self._ledger.begin_wait(self._idx)
+            ledger, completed = self._ledger, False
+            if ledger is not None:
+                # asked before the wait-start stamp, so that a complete op finished by then
+                completed = ledger.polls_completion() and _completed(self._work)
+                ledger.begin_wait(self._idx, completed)
             self._work.wait()
-            if self._ledger is not None:
-                self._ledger.end_wait(self._idx)
+            if ledger is not None and not completed:
+                ledger.end_wait(self._idx)
             self._work = None
             self._result = self._finish()
         return self._result
+
+
+def _completed(work) -> bool:
+    """Whether the backend has completed an async op (False when it cannot tell)."""
+    try:
+        return bool(work.is_completed())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 class Done(Pending):
@@ -238,6 +294,10 @@ class Comm:
     def __init__(self, mesh: ParallelMesh, ledger: Ledger):
         self.mesh = mesh
         self.ledger = ledger
+        # torch's fake process group (fake worlds) completes every op at issue and runs a
+        # future's callbacks inline, with no thread hand-off: the callback then costs nothing
+        # and gives those ops their ~0 duration (its works report is_completed() False)
+        self._inline_futures = dist.is_initialized() and dist.get_backend() == "fake"
 
     # -- plumbing ----------------------------------------------------------------------------
     def _issue(self, op, axis, nbytes, layer, async_op, launch, finish, peer=-1):
@@ -249,7 +309,8 @@ class Comm:
             idx = ledger.open(op, axis, size, nbytes, layer, async_op, first, peer)
         work = launch(async_op)
         if async_op:
-            if ledger is not None and not ledger._cuda:
+            callback = ledger is not None and (ledger.done_callbacks or self._inline_futures)
+            if callback and not ledger._cuda:
                 # a backend without futures for this op leaves t_done to the wait end
                 with contextlib.suppress(RuntimeError):
                     work.get_future().add_done_callback(lambda _f: ledger.mark_done(idx))

@@ -195,7 +195,12 @@ def execute(spec: RunSpec, ctx: RankContext, progress=None) -> RankResult:
         guidance=spec.guidance,
         weights=spec.weights,
     )
-    ledger = Ledger(ctx.rank, cuda=ctx.device.type == "cuda", enabled=profiling.ledger_requested())
+    ledger = Ledger(
+        ctx.rank,
+        cuda=ctx.device.type == "cuda",
+        enabled=profiling.ledger_requested(),
+        done_callbacks=profiling.profile_requested(),  # exact async t_done when profiling
+    )
     comm = Comm(ctx.mesh(spec.dims), ledger)
     par = parallel.apply(spec.strategy, workload, comm, spec.options_dict)
     memory = _PeakMemory(ctx.device)

@@ -113,3 +113,118 @@ def test_ledger_grows_past_capacity_and_interns_layers():
     assert len(ev) == 5 and ledger.layers == ["layer0", "layer1"]
     assert (ev["t_wait_start"] == ev["t_issue"]).all() and (ev["t_wait_end"] == ev["t_done"]).all()
     assert (ev["nbytes"] == 8).all()
+
+
+# -- async completion times on CPU -----------------------------------------------------------
+class Clock:
+    """A settable clock for the ledger (instead of perf_counter)."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class StubWork:
+    """An async op's work: completes when `complete()` is called (or when waited on, at
+    `wait_until` on the clock), running its future's callbacks like gloo does."""
+
+    def __init__(self, clock: Clock, wait_until: float | None = None):
+        self.clock, self.wait_until = clock, wait_until
+        self.completed, self.callbacks, self.polls = False, [], 0
+
+    def get_future(self):
+        return self
+
+    def add_done_callback(self, fn):
+        self.callbacks.append(fn)
+
+    def complete(self):
+        self.completed = True
+        for fn in self.callbacks:
+            fn(self)
+
+    def is_completed(self) -> bool:
+        self.polls += 1
+        return self.completed
+
+    def wait(self):
+        if self.completed:
+            self.clock.t += 0.1  # the call's own cost, not communication
+        else:
+            self.clock.t = self.wait_until
+            self.complete()
+        return True
+
+
+class StubMesh:
+    def global_ranks(self, axis):
+        return [0, 1]
+
+    def size(self, axis):
+        return 2
+
+
+def issue(done_callbacks: bool, wait_until: float | None = None):
+    """A ledger on a settable clock and one async all_gather issued at t = 1 through Comm."""
+    clock = Clock()
+    ledger = Ledger(0, done_callbacks=done_callbacks)
+    ledger.now, ledger.repeat = clock, 0
+    work = StubWork(clock, wait_until)
+    clock.t = 1.0
+    pending = Comm(StubMesh(), ledger)._issue(
+        "all_gather", "patch", 64, "l", True, lambda a: work, lambda: torch.zeros(1)
+    )
+    return clock, ledger, work, pending
+
+
+def test_async_op_complete_before_its_wait_is_hidden_and_done_at_wait_start():
+    clock, ledger, work, pending = issue(done_callbacks=False)
+    assert work.callbacks == []  # no completion callback by default (GIL hand-off on CPU)
+    clock.t = 2.0
+    work.complete()  # the op finishes at 2.0, unseen by the ledger
+    clock.t = 3.0
+    ledger.step = 1
+    pending.wait()
+    (ev,) = ledger.events()
+    assert work.polls == 1
+    assert ev["t_wait_start"] == ev["t_wait_end"] == 3.0  # 0 s exposed, not the 0.1 s call
+    assert ev["t_done"] == 3.0  # an upper bound of the completion (2.0): issue -> wait start
+    assert ev["wait_step"] == 1
+    rows = step_table(rank_result(0, ledger.events(), [3.0]))
+    assert [r["exposed_comm_s"] for r in rows] == [0.0, 0.0]
+    assert rows[0]["comm_s"] == pytest.approx(2.0)
+
+
+def test_async_op_still_running_at_its_wait_is_done_at_the_wait_end():
+    clock, ledger, work, pending = issue(done_callbacks=False, wait_until=5.0)
+    clock.t = 3.0
+    pending.wait()
+    (ev,) = ledger.events()
+    assert (ev["t_wait_start"], ev["t_wait_end"], ev["t_done"]) == (3.0, 5.0, 5.0)
+
+
+def test_with_done_callbacks_the_callback_times_completion():
+    clock, ledger, work, pending = issue(done_callbacks=True)
+    assert len(work.callbacks) == 1
+    clock.t = 2.0
+    work.complete()
+    clock.t = 3.0
+    pending.wait()
+    (ev,) = ledger.events()
+    assert work.polls == 0  # the callback mode does not poll
+    assert ev["t_done"] == 2.0  # exact, from the callback
+    assert (ev["t_wait_start"], ev["t_wait_end"]) == (3.0, 3.1)  # the wait as measured
+
+
+def test_a_callback_trailing_the_wait_never_moves_done_past_the_wait_end():
+    clock, ledger, work, pending = issue(done_callbacks=True, wait_until=5.0)
+    callbacks, work.callbacks = work.callbacks, []  # the backend's thread runs them late
+    clock.t = 3.0
+    pending.wait()
+    clock.t = 5.5
+    for fn in callbacks:
+        fn(work)
+    (ev,) = ledger.events()
+    assert (ev["t_wait_start"], ev["t_wait_end"], ev["t_done"]) == (3.0, 5.0, 5.0)

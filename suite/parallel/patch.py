@@ -55,7 +55,9 @@ class PatchPlan:
 
     embed: str  # UNet: input conv, fed the full latent; token models: the patch embedding
     head: str  # output module whose band output is gathered (UNet: height; tokens: sequence)
-    self_attn: tuple[str, ...]  # attention modules (last name component) over image tokens
+    # attention modules over image tokens, by last name component or by the name of the
+    # container holding them (UNet2DModel's `attentions.0` has no name of its own)
+    self_attn: tuple[str, ...]
     cross_attn: tuple[str, ...] = ()  # attention to the prompt only: K/V cached per loop
     embed_input: bool = False  # cut the embedding's input tokens (a per-token linear)
     rope: str | None = None  # rotary embedding fed [text ids; image ids] (Flux)
@@ -64,6 +66,8 @@ class PatchPlan:
 
 PLANS: dict[str, PatchPlan] = {
     "unet": PatchPlan("conv_in", "conv_out", ("attn1",), ("attn2",)),
+    # class-conditional UNet2DModel: self-attention on the feature map, no text
+    "unet2d": PatchPlan("conv_in", "conv_out", ("attentions",)),
     "pixart": PatchPlan("pos_embed", "proj_out", ("attn1",), ("attn2",)),
     "dit": PatchPlan("pos_embed", "proj_out_2", ("attn1",)),
     # joint attention: text K/V come from add_k_proj / add_v_proj, replicated on every rank
@@ -72,6 +76,9 @@ PLANS: dict[str, PatchPlan] = {
         "x_embedder", "proj_out", ("attn",), embed_input=True, rope="pos_embed", flux_attention=True
     ),
 }
+
+
+UNET_FAMILIES = frozenset({"unet", "unet2d"})  # convolutional: bands of latent rows, halos
 
 
 def token_patch(preset) -> int:
@@ -130,8 +137,9 @@ def _wrap_distrifusion(model: nn.Module, plan: PatchPlan, state: PatchState, gn_
     if not unet:
         _wrap_tokens(model, plan, state)
     for name, module in list(model.named_modules()):
-        leaf = name.rpartition(".")[2]
-        if leaf in plan.self_attn and hasattr(module, "to_k"):
+        parts = name.split(".")
+        leaf, parent = parts[-1], parts[-2] if len(parts) > 1 else ""
+        if (leaf in plan.self_attn or parent in plan.self_attn) and hasattr(module, "to_k"):
             if plan.flux_attention:
                 module.set_processor(FluxPatchProcessor(state, name))
             else:
@@ -167,7 +175,7 @@ def apply_distrifusion(workload, comm, options) -> Parallelized:
     )
     if state.n > 1:
         _wrap_distrifusion(workload.model, plan, state, options["gn_mode"])
-    patch = 1 if workload.preset.family == "unet" else token_patch(workload.preset)
+    patch = 1 if workload.preset.family in UNET_FAMILIES else token_patch(workload.preset)
     return Parallelized(
         denoiser=PatchDenoiser(workload.denoiser, state, patch),
         inputs=workload.inputs,
@@ -182,7 +190,7 @@ def apply_naive_patch(workload, comm, options) -> Parallelized:
     """Naive patch parallelism: bands denoised independently, outputs gathered every step."""
     state = PatchState(comm, split=options["split"], total_steps=_steps(workload))
     family = workload.preset.family
-    if family == "unet":
+    if family in UNET_FAMILIES:
         denoiser = NaiveUNetDenoiser(workload.denoiser, state, 1)
     else:
         if state.n > 1:
@@ -204,7 +212,7 @@ def _check_bands(spec, preset, axes: tuple[str, ...]) -> list[str]:
     n = dict(spec.degrees).get("patch", 1)
     vae = preset.vae_scale_factor
     size = {"row": spec.height // vae, "column": spec.width // vae}
-    if preset.family == "unet":
+    if preset.family in UNET_FAMILIES:
         unit, multiple = "latent", unet_downsample(preset)
         why = f"the UNet downsamples by {multiple}, so each band must be a multiple of {multiple}"
     else:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from suite.parallel import Parallelized, Strategy, register
+from workloads.presets import FAMILIES
 
-ALL_FAMILIES = frozenset({"unet", "pixart", "dit", "sd3", "flux"})
+ALL_FAMILIES = frozenset(FAMILIES)
 
 
 def apply_none(workload, comm, options) -> Parallelized:
@@ -17,8 +18,7 @@ register(
     Strategy(
         name="none",
         axes=(),
-        # unet2d (trained-tiny-unet) runs here; strategies add it once they have its plan
-        families=ALL_FAMILIES | {"unet2d"},
+        families=ALL_FAMILIES,
         exact=True,
         paper="single device (baseline)",
         apply=apply_none,

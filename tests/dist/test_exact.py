@@ -17,13 +17,15 @@ import torch
 from suite.config import parse_config
 
 PX, STEPS, F32 = 256, 2, 4  # pixels, steps, bytes per element
+# trained-tiny-unet works in pixel space: 32 px is its 32x32 "latent", as 256 px is the others'
+PX_OF = {"unet2d": 32}
 
 # (strategy, preset, degrees)
 CASES_2 = [
     *[("ulysses", p, {"ulysses": 2}) for p in ("pixart", "dit", "sd3", "flux")],
     *[("ring", p, {"ring": 2}) for p in ("pixart", "dit", "sd3", "flux")],
     *[("tensor", p, {"tensor": 2}) for p in ("pixart", "dit", "sd3", "flux", "sdxl")],
-    *[("cfg", p, {"cfg": 2}) for p in ("pixart", "dit", "sd3", "sdxl")],
+    *[("cfg", p, {"cfg": 2}) for p in ("pixart", "dit", "sd3", "sdxl", "unet2d")],
     ("diffusers_cp", "flux", {"ulysses": 2}),
 ]
 CASES_4 = [
@@ -51,6 +53,7 @@ PRESETS = {
     "sd3": "tiny-sd3-medium",
     "flux": "tiny-flux-dev",
     "sdxl": "tiny-sdxl",
+    "unet2d": "trained-tiny-unet",
 }
 
 
@@ -58,7 +61,7 @@ def _spec(strategy: str, model: str, degrees: dict):
     raw = {
         "experiment": "exact",
         "workloads": [PRESETS[model]],
-        "resolutions": [PX],
+        "resolutions": [PX_OF.get(model, PX)],
         "settings": {"steps": STEPS, "batch": 1, "repeats": 1, "warmup_runs": 0},
         "strategies": [{"name": strategy, "degrees": degrees}],
     }
@@ -96,7 +99,8 @@ def reference(model: str) -> torch.Tensor:
     import workloads
 
     torch.set_num_threads(1)
-    wl = workloads.build(PRESETS[model], height=PX, width=PX, steps=STEPS, batch=1, seed=0)
+    px = PX_OF.get(model, PX)
+    wl = workloads.build(PRESETS[model], height=px, width=px, steps=STEPS, batch=1, seed=0)
     return workloads.denoise(wl)
 
 
@@ -110,6 +114,7 @@ MODEL = {
     "sd3": dict(hs=64, N=256, T=8, layers=4, text=4, C=2 * 2 * 16, cfg=True),
     "flux": dict(hs=64, N=256, T=8, layers=4, text=4, C=2 * 2 * 16, cfg=False),
     "sdxl": dict(cfg=True),
+    "unet2d": dict(cfg=True),
 }
 
 
@@ -142,8 +147,8 @@ def expected_bytes(strategy: str, model: str, degrees: dict) -> dict:
     # images through the model per rank: [uncond; cond] unless cfg gives each rank one branch
     B = 2 if m["cfg"] and cfg == 1 else 1
     out = {}
-    if cfg > 1:  # one all-gather of the branch predictions (B, 4, 32, 32) per step
-        c = 16 if model in ("sd3", "flux") else 4
+    if cfg > 1:  # one all-gather of the branch predictions (B, C, 32, 32) per step
+        c = {"sd3": 16, "flux": 16, "unet2d": 3}.get(model, 4)
         out[("all_gather", "cfg")] = 2 * B * c * 32 * 32 * F32
     if tp > 1:
         out[("all_reduce", "tensor")] = B * _tensor_elements(model) * F32

@@ -20,6 +20,9 @@ from suite.config import parse_config
 STEPS = 6  # steps 0-1 synchronous (warmup_steps 1), 2-4 displaced and issuing, 5 the last
 FP32 = 4  # bytes
 PRESETS = ["tiny-sdxl", "tiny-pixart-alpha", "tiny-dit-xl-2", "tiny-sd3-medium", "tiny-flux-dev"]
+# resolution [px] per workload where 256 does not fit: trained-tiny-unet (UNet2DModel, pixel
+# space, self-attention on the feature map) runs at its native 32 px
+RESOLUTION = {"trained-tiny-unet": 32}
 
 
 def _spec(workload, strategy, world, options=None, resolution=256, steps=STEPS):
@@ -44,7 +47,8 @@ def run(world1, world2, world4):
     """run(workload, strategy, world, options) -> per-rank results, cached for the module."""
     worlds, cache = {1: world1, 2: world2, 4: world4}, {}
 
-    def get(workload, strategy="none", world=1, options=None, resolution=256, steps=STEPS):
+    def get(workload, strategy="none", world=1, options=None, resolution=None, steps=STEPS):
+        resolution = resolution or RESOLUTION.get(workload, 256)
         spec = _spec(workload, strategy, world, options, resolution, steps)
         if spec not in cache:
             cache[spec] = worlds[world].run(spec)
@@ -61,7 +65,10 @@ def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 # -- exactness -------------------------------------------------------------------------------
 
-EXACT_CASES = [(p, 2) for p in PRESETS] + [("tiny-sdxl", 4), ("tiny-pixart-alpha", 4)]
+EXACT_CASES = [(p, 2) for p in PRESETS + ["trained-tiny-unet"]] + [
+    ("tiny-sdxl", 4),
+    ("tiny-pixart-alpha", 4),
+]
 
 
 @pytest.mark.parametrize("workload, world", EXACT_CASES)
@@ -117,7 +124,9 @@ def test_displaced_patches_are_much_closer_than_naive(run, workload, world, gap_
 
 
 def unet_bytes(preset, batch: int, height: int, width: int, n: int) -> dict[str, int]:
-    """Bytes per step per rank that distrifusion all-gathers on an SDXL-shaped UNet (fp32).
+    """Bytes per step per rank that distrifusion all-gathers on a UNet (fp32): SDXL-shaped
+    (a transformer of `transformer_layers_per_block` layers in each attention block) or a
+    UNet2DModel (one self-attention with its own GroupNorm in each attention block).
 
     Derived from the architecture config (latent height x width, batch with CFG):
     halo: n * B * C_in * rows * W per conv with kernel 3 (rows: 1 above + 1 below; 1 for a
@@ -127,11 +136,8 @@ def unet_bytes(preset, batch: int, height: int, width: int, n: int) -> dict[str,
     output: B * C_out * H * W (the prediction, gathered each step).
     """
     cfg = preset.config
-    ch, tl, groups = (
-        cfg["block_out_channels"],
-        cfg["transformer_layers_per_block"],
-        cfg["norm_num_groups"],
-    )
+    ch, groups = cfg["block_out_channels"], cfg["norm_num_groups"]
+    tl = cfg.get("transformer_layers_per_block", (1,) * len(ch))
     v = {"halo": 0, "kv": 0, "gn": 0}
     h, w = height, width
 
@@ -153,7 +159,7 @@ def unet_bytes(preset, batch: int, height: int, width: int, n: int) -> dict[str,
         for _ in range(cfg["layers_per_block"]):
             resnet(c_in, ch[i])
             c_in = ch[i]
-            if "CrossAttn" in kind:
+            if "Attn" in kind:
                 transformer(ch[i], tl[i])
             skips.append(ch[i])
         if i < len(ch) - 1:
@@ -166,7 +172,7 @@ def unet_bytes(preset, batch: int, height: int, width: int, n: int) -> dict[str,
         for _ in range(cfg["layers_per_block"] + 1):
             resnet(c_in + skips.pop(), c_out)
             c_in = c_out
-            if "CrossAttn" in kind:
+            if "Attn" in kind:
                 transformer(c_out, tl[-1 - i])
         if i < len(ch) - 1:
             h, w = h * 2, w * 2
@@ -192,10 +198,10 @@ def token_bytes(preset, batch: int, height: int, width: int, n: int) -> dict[str
     }
 
 
-def expected_bytes(workload: str, n: int, resolution: int = 256) -> dict[str, int]:
+def expected_bytes(workload: str, n: int, resolution: int | None = None) -> dict[str, int]:
     preset = workloads.get_preset(workload)
-    latent = resolution // preset.vae_scale_factor
-    formula = unet_bytes if preset.family == "unet" else token_bytes
+    latent = (resolution or RESOLUTION.get(workload, 256)) // preset.vae_scale_factor
+    formula = unet_bytes if preset.family in ("unet", "unet2d") else token_bytes
     return formula(preset, 2 if preset.cfg else 1, latent, latent, n)  # batch 1 (x2: CFG)
 
 
@@ -211,7 +217,9 @@ def test_sync_bytes_per_step_equal_the_analytic_volume(run, workload, world):
         assert (bytes_per_step(result) == volume).all()
 
 
-@pytest.mark.parametrize("workload, world", [("tiny-sdxl", 2), ("tiny-sdxl", 4)])
+@pytest.mark.parametrize(
+    "workload, world", [("tiny-sdxl", 2), ("tiny-sdxl", 4), ("trained-tiny-unet", 2)]
+)
 def test_displaced_steps_move_the_same_volume_asynchronously(run, workload, world):
     v = expected_bytes(workload, world)
     results = run(workload, "distrifusion", world)

@@ -43,6 +43,7 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
     ("steps", _DOCS["steps"]),
     ("strategy", _DOCS["strategy"]),
     ("degrees", "degree per mesh axis, axis=degree"),
+    ("options", "the strategy's options, option=value (defaults filled in)"),
     ("world_size", _DOCS["world_size"]),
     ("latency_s", _DOCS["latency_s"] + " [s]"),
     ("latency_min_max_s", "fastest - slowest timed loop (latency_min_s - latency_max_s) [s]"),
@@ -60,16 +61,27 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
     ("comm_mb_per_step", "comm_bytes_per_step / 10^6: " + _DOCS["comm_bytes_per_step"]),
     ("peak_mem_mb", "peak_mem_bytes / 10^6: " + _DOCS["peak_mem_bytes"]),
     ("param_mb_per_rank", "param_bytes_per_rank / 10^6: " + _DOCS["param_bytes_per_rank"]),
+    ("buffer_mb_per_rank", "buffer_bytes_per_rank / 10^6: " + _DOCS["buffer_bytes_per_rank"]),
     ("status", _DOCS["status"]),
 ]
-_TEXT_COLUMNS = {"experiment", "workload", "height x width", "strategy", "degrees", "status"}
+_TEXT_COLUMNS = {
+    "experiment",
+    "workload",
+    "height x width",
+    "strategy",
+    "degrees",
+    "options",
+    "status",
+}
 
 
 def _ordered(runs: pd.DataFrame) -> pd.DataFrame:
     # Baseline first within each workload, then strategies by name, then by world size.
     key = runs.assign(_not_base=runs["strategy"] != "none")
     cols = ["experiment", "workload", "height", "width", "steps", "_not_base", "strategy"]
-    key = key.sort_values([*cols, "world_size", "degrees"], kind="stable", na_position="last")
+    key = key.sort_values(
+        [*cols, "world_size", "degrees", "options"], kind="stable", na_position="last"
+    )
     return runs.loc[key.index].reset_index(drop=True)
 
 
@@ -82,6 +94,7 @@ def _result_row(r: pd.Series) -> dict[str, str]:
         "steps": fmt_int(r["steps"]),
         "strategy": fmt_text(r["strategy"]),
         "degrees": fmt_text(r["degrees"]),
+        "options": fmt_text(r["options"]),
         "world_size": fmt_int(r["world_size"]),
         "latency_s": fmt_sig(r["latency_s"]),
         "latency_min_max_s": "-"
@@ -96,6 +109,7 @@ def _result_row(r: pd.Series) -> dict[str, str]:
         "comm_mb_per_step": fmt_mb(r["comm_bytes_per_step"]),
         "peak_mem_mb": fmt_mb(r["peak_mem_bytes"]),
         "param_mb_per_rank": fmt_mb(r["param_bytes_per_rank"]),
+        "buffer_mb_per_rank": fmt_mb(r.get("buffer_bytes_per_rank")),
         "status": fmt_text(r["status"]),
     }
 
@@ -144,11 +158,13 @@ def _results(runs: pd.DataFrame) -> tuple[list[Block], list[str]]:
     cells = [_result_row(r) for _, r in runs.iterrows()]
     rows = [[c[h] for h in headers] for c in cells]
     right = {i for i, h in enumerate(headers) if h not in _TEXT_COLUMNS}
-    n_ok = int((runs["status"] == "ok").sum())
+    counts = runs["status"].value_counts()
+    shown = ("ok", "skipped", "failed") if counts.get("skipped", 0) else ("ok", "failed")
+    tally = ", ".join(f"{int(counts.get(s, 0))} {s}" for s in shown)
     blocks: list[Block] = [
         Heading("Results"),
         Para(
-            f"Runs: {len(runs)} ({n_ok} ok, {len(runs) - n_ok} failed). "
+            f"Runs: {len(runs)} ({tally}). "
             "Times per denoising step unless the column says otherwise; '-' marks a missing "
             "value. Columns are explained at the end."
         ),
@@ -171,11 +187,14 @@ def _error_excerpt(text: object) -> str:
 
 def _failures(runs: pd.DataFrame) -> list[Block]:
     failed = runs[runs["status"] != "ok"]
-    blocks: list[Block] = [Heading("Failed runs")]
+    # skipped: the method cannot run here (e.g. a library without CPU support); the reason is
+    # stored in `error` like a failure's traceback
+    blocks: list[Block] = [Heading("Failed and skipped runs")]
     if failed.empty:
         return [*blocks, Para("None.")]
     for _, r in failed.iterrows():
         what = f"{fmt_text(r['workload'])} | {fmt_text(r['strategy'])} w{fmt_int(r['world_size'])}"
+        what = f"{r['status']}: {what}"
         if fmt_text(r["degrees"]) != "-":
             what += f" [{r['degrees']}]"
         blocks += [Para(f"{what} (run {fmt_text(r['run_id'])})"), Code(_error_excerpt(r["error"]))]

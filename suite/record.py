@@ -186,6 +186,7 @@ def assemble(spec: RunSpec, results: list[RankResult], output_dir: str) -> RunRe
         "comm_bytes_per_step": mean_over_ranks("comm_bytes"),
         "peak_mem_bytes": max(r.peak_mem_bytes for r in results),
         "param_bytes_per_rank": max(r.param_bytes for r in results),
+        "buffer_bytes_per_rank": max(r.buffer_bytes for r in results),
         "status": "ok",
         "error": None,
         "output_dir": output_dir,

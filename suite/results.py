@@ -113,6 +113,22 @@ class ResultStore:
                 for name, columns in schema.TABLES.items():
                     for sql in _create_sql(name, columns):
                         self._conn.execute(sql)
+        self._add_new_columns(existing)
+
+    def _add_new_columns(self, existing: set[str]) -> None:
+        """Columns the schema gained since an existing store was created: added empty, so
+        older stores stay readable and resumable (their rows read NULL there)."""
+
+        def missing(name: str) -> list[schema.Column]:
+            have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({name})")}
+            return [c for c in schema.TABLES[name] if c.name not in have]
+
+        tables = sorted(set(schema.TABLES) & existing)
+        if any(missing(name) for name in tables):  # read first: no write lock when complete
+            with self._transaction():
+                for name in tables:  # asked again under the lock: another opener may have won
+                    for c in missing(name):
+                        self._conn.execute(f"ALTER TABLE {name} ADD COLUMN {c.name} {c.sql_type}")
 
     @property
     def path(self) -> Path:

@@ -65,6 +65,12 @@ RUNS: tuple[Column, ...] = (
     Column("comm_bytes_per_step", "REAL", "payload bytes per step per rank, mean over ranks"),
     Column("peak_mem_bytes", "INTEGER", "max over ranks: CUDA max allocated, or CPU peak RSS"),
     Column("param_bytes_per_rank", "INTEGER", "max over ranks of parameter bytes held"),
+    Column(
+        "buffer_bytes_per_rank",
+        "INTEGER",
+        "max over ranks of the activation buffers a strategy keeps between steps (DistriFusion's "
+        "stale halos, K/V and GroupNorm statistics; PipeFusion's K/V cache); 0 if none",
+    ),
     Column("status", "TEXT", "ok / failed / skipped (the method cannot run here; error says why)"),
     Column("error", "TEXT", "error of a failed run (first failing rank), or why it was skipped"),
     Column(

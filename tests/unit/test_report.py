@@ -165,11 +165,12 @@ def test_write_report(db, tmp_path):
     assert "MEASURED" in md and "testhost" in md and "abc123" in md and "python=3.11" in md
     assert "2025-01-01T00:00:00Z to 2025-01-04T00:00:00Z" in md
     base = _md_row(md, "none", "2.000")
-    assert base[:5] == ["tiny-x", "64x64", "4", "none", "-"]
-    assert base[5:9] == ["1", "2.000", "1.800-2.200", "1.00"]
+    assert base[:6] == ["tiny-x", "64x64", "4", "none", "-", "-"]  # ..., degrees, options
+    assert base[6:10] == ["1", "2.000", "1.800-2.200", "1.00"]
     w2 = _md_row(md, "data=2", "1.250")
-    # latency, range, speedup, efficiency, step, compute, exposed, overlap, comm MB, mem, params
-    assert w2[6:] == [
+    # latency, range, speedup, efficiency, step, compute, exposed, overlap, comm MB, mem, params,
+    # buffers (not recorded here), status
+    assert w2[7:] == [
         "1.250",
         "1.125-1.375",
         "1.60",
@@ -181,11 +182,12 @@ def test_write_report(db, tmp_path):
         "2.500",
         "123.5",
         "50.00",
+        "-",
         "ok",
     ]
     w4 = _md_row(md, "data=4", "0.8000")
-    assert w4[8:10] == ["2.50", "62.5"]
-    assert _md_row(md, "tiny-y")[8] == "-"
+    assert w4[9:11] == ["2.50", "62.5"]
+    assert _md_row(md, "tiny-y")[9] == "-"
     assert _md_row(md, "ulysses")[-1] == "failed"
     # Error excerpt: first lines plus the omitted-count marker, in both formats.
     assert "ulysses degree 2 must divide the head count 3" in md
@@ -206,6 +208,17 @@ def test_report_with_only_failed_runs(tmp_path):
     assert "boom" in md and "Runs: 1 (0 ok, 1 failed)" in md
     assert (tmp_path / "r" / "breakdown.png").read_bytes().startswith(PNG_MAGIC)
     assert html_path.is_file()
+
+
+def test_report_counts_skipped_runs_apart_from_failures(tmp_path):
+    path = tmp_path / "results.db"
+    with ResultStore(path) as store:
+        store.save(RunRecord(run=_run("s1", "data", 2, status="skipped", error="no CPU support")))
+        store.save(RunRecord(run=_run("f1", "data", 4, status="failed", error="boom")))
+    _, md_path = write_report(path, tmp_path / "r")
+    md = md_path.read_text(encoding="utf-8")
+    assert "Runs: 2 (0 ok, 1 skipped, 1 failed)" in md
+    assert "skipped: " in md and "no CPU support" in md and "failed: " in md
 
 
 def test_report_on_empty_store_and_missing_store(tmp_path):

@@ -173,3 +173,18 @@ def test_export_round_trip(store, tmp_path, fmt):
 def test_export_rejects_unknown_format(store, tmp_path):
     with pytest.raises(ValueError, match="csv.*parquet"):
         store.export(tmp_path, "xlsx")
+
+
+def test_store_from_an_older_schema_gains_new_columns_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.db"
+    with ResultStore(path) as s:
+        s.save(_record("a"))
+    with sqlite3.connect(path) as conn:  # as a store written before the column existed
+        conn.execute("ALTER TABLE runs DROP COLUMN buffer_bytes_per_rank")
+    with ResultStore(path) as s:
+        runs = s.table("runs")
+        assert list(runs["run_id"]) == ["a"] and runs["buffer_bytes_per_rank"].isna().all()
+        record = _record("b")
+        record.run["buffer_bytes_per_rank"] = 1024
+        s.save(record)
+        assert s.table("runs").set_index("run_id").loc["b", "buffer_bytes_per_rank"] == 1024

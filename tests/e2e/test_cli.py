@@ -36,7 +36,9 @@ def cli(*args, cwd, check=True, timeout=300):
 
 def write_config(tmp_path: Path, **over) -> Path:
     raw = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
-    raw["settings"].update(steps=2, repeats=2, warmup_runs=0)  # same grid, shorter loops
+    # the quickstart's workloads and settings with shorter loops, on two strategies: 4 runs
+    raw["settings"].update(steps=2, repeats=2, warmup_runs=0)
+    raw["strategies"] = [{"name": "none"}, {"name": "data", "world_sizes": [2]}]
     raw.update(over)
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -84,7 +86,7 @@ def test_report_and_export(quickstart):
     assert "report:" in proc.stdout
     for name in ("index.html", "index.md", "latency_vs_world.png", "breakdown.png"):
         assert (report / name).stat().st_size > 0, name
-    assert "tiny-sdxl" in (report / "index.md").read_text()
+    assert "trained-tiny-unet" in (report / "index.md").read_text()
     out = cli("export", "results/quickstart", "--format", "parquet", cwd=tmp).stdout
     runs = pd.read_parquet(tmp / "results" / "quickstart" / "export" / "runs.parquet")
     assert len(runs) == 4 and "runs.parquet" in out
@@ -112,6 +114,7 @@ def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path):
     config = write_config(
         tmp_path,
         workloads=["tiny-pixart-alpha"],
+        resolutions=[256],
         strategies=[
             {"name": "none", "settings": {"weights": str(empty)}},  # loads nothing: fails
             {"name": "data", "world_sizes": [2]},
@@ -163,6 +166,7 @@ def test_torchrun_world_runs_its_world_size_and_records_failures(tmp_path):
     config = write_config(
         tmp_path,
         workloads=["tiny-pixart-alpha"],
+        resolutions=[256],
         strategies=[
             {"name": "data", "world_sizes": [2], "settings": {"weights": str(empty)}},  # fails
             {"name": "data", "world_sizes": [2]},

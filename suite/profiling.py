@@ -166,7 +166,7 @@ def _read(fn: Callable[[], Any]) -> float:
 
 
 def nvml_summary(samples: dict[int, np.ndarray]) -> dict[str, float | None]:
-    """Run-level NVML numbers from each rank's samples (proposed `runs` columns).
+    """Run-level NVML numbers from each rank's samples (the `runs` table's nvml_* columns).
 
     nvml_mem_used_max_bytes: max over ranks and samples; nvml_util_mean_pct and
     nvml_power_mean_w: mean over ranks of each GPU's mean; nvml_energy_j: summed over GPUs,
@@ -182,12 +182,12 @@ def nvml_summary(samples: dict[int, np.ndarray]) -> dict[str, float | None]:
         arr = np.array(values, dtype=float)
         return None if np.isnan(arr).all() else float(np.nanmean(arr))
 
-    energy = 0.0
+    energy = None  # stays None unless some GPU has two power samples to integrate
     for s in got.values():
         ok = ~np.isnan(s["power_w"])
         if ok.sum() > 1:
             p, t = s["power_w"][ok], s["t"][ok]
-            energy += float(np.sum((p[1:] + p[:-1]) / 2 * np.diff(t)))
+            energy = (energy or 0.0) + float(np.sum((p[1:] + p[:-1]) / 2 * np.diff(t)))
     mem = np.concatenate([s["mem_used_bytes"] for s in got.values()])
     return {
         "nvml_mem_used_max_bytes": None if np.isnan(mem).all() else float(np.nanmax(mem)),

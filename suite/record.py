@@ -23,7 +23,7 @@ import torch
 from suite.comm import OPS
 from suite.config import RunSpec
 from suite.mesh import AXES
-from suite.profiling import save_traces
+from suite.profiling import nvml_summary, save_traces
 from suite.results import RunRecord
 from suite.runner import RankResult
 
@@ -187,6 +187,7 @@ def assemble(spec: RunSpec, results: list[RankResult], output_dir: str) -> RunRe
         "peak_mem_bytes": max(r.peak_mem_bytes for r in results),
         "param_bytes_per_rank": max(r.param_bytes for r in results),
         "buffer_bytes_per_rank": max(r.buffer_bytes for r in results),
+        **nvml_summary({r.rank: r.nvml for r in results if r.nvml is not None}),
         "status": "ok",
         "error": None,
         "output_dir": output_dir,

@@ -71,6 +71,15 @@ RUNS: tuple[Column, ...] = (
         "max over ranks of the activation buffers a strategy keeps between steps (DistriFusion's "
         "stale halos, K/V and GroupNorm statistics; PipeFusion's K/V cache); 0 if none",
     ),
+    # NVML (NVIDIA GPUs): sampled at 10 Hz during the timed loops; empty on CPU or without NVML
+    Column(
+        "nvml_mem_used_max_bytes",
+        "REAL",
+        "max over ranks and samples of GPU memory used (NVML: every process on the GPU)",
+    ),
+    Column("nvml_util_mean_pct", "REAL", "GPU utilization, mean over ranks of each GPU's mean"),
+    Column("nvml_power_mean_w", "REAL", "GPU power draw, mean over ranks of each GPU's mean"),
+    Column("nvml_energy_j", "REAL", "GPU energy over the timed loops, summed over GPUs"),
     Column("status", "TEXT", "ok / failed / skipped (the method cannot run here; error says why)"),
     Column("error", "TEXT", "error of a failed run (first failing rank), or why it was skipped"),
     Column(

@@ -140,6 +140,8 @@ def test_ledger_off_logs_nothing_and_still_records(world2):
     assert all(len(r.events) == 0 and r.trace_gz is None for r in results)
     row = assemble(spec, results, "runs/x").run
     assert row["latency_s"] > 0 and row["comm_s"] == 0 and row["overlap_pct"] is None
+    # CPU: no NVML samples, so the nvml_* columns are empty, not zero and not an error
+    assert [row[k] for k in row if k.startswith("nvml_")] == [None] * 4
 
 
 def test_nvml_sampler_degrades_to_empty():
@@ -163,6 +165,9 @@ def test_nvml_summary_and_csv(tmp_path):
     assert got["nvml_util_mean_pct"] == pytest.approx(60.0)  # NaN samples skipped
     assert got["nvml_power_mean_w"] == pytest.approx(200.0)
     assert got["nvml_energy_j"] == pytest.approx(200.0 + 250.0)  # trapezoids of 1 s each
+    no_power = s.copy()
+    no_power["power_w"] = np.nan
+    assert profiling.nvml_summary({0: no_power})["nvml_energy_j"] is None  # not 0 J
 
     class Rank:
         rank, trace_gz, nvml = 0, None, s

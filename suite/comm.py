@@ -10,11 +10,11 @@ alpha-beta formulas of analysis.projection apply unchanged: all_gather counts th
 output, reduce_scatter its full input, all_reduce / all_to_all / broadcast the buffer, send and
 recv the message.
 
-Logging cost: records live in a pre-allocated numpy structured array (grown by doubling, rarely);
-on CPU, times are perf_counter readings, with no polling and no syncs. On CUDA, times are CUDA
-events on the current stream, resolved to seconds only when the runner synchronizes at a step's
-end; an async op's t_done is then its wait end (NCCL futures complete stream-ordered, not on the
-host), an upper bound.
+Logging cost: records are plain Python values in pre-allocated lists (grown by doubling, rarely),
+turned into a numpy structured array when read; no per-call syncs. On CPU, times are perf_counter
+readings. On CUDA, times are CUDA events on the current stream, resolved to seconds only when
+the runner synchronizes at a step's end; an async op's t_done is then its wait end (NCCL futures
+complete stream-ordered, not on the host), an upper bound.
 
 An async op's t_done on CPU. By default it is taken at the wait, by asking the backend whether
 the op has completed (`work.is_completed()`, a C++ call) just before the wait starts:
@@ -76,8 +76,33 @@ EVENT_DTYPE = np.dtype(
 )
 
 
+_OP_IDS = {op: i for i, op in enumerate(OPS)}
+_AXIS_IDS = {axis: i for i, axis in enumerate(AXES)}
+# EVENT_DTYPE's fields, by when they are written: at issue, once (one tuple per event) ...
+_STATIC = (
+    "repeat",
+    "step",
+    "layer",
+    "op",
+    "axis",
+    "group_size",
+    "group_first",
+    "peer",
+    "is_async",
+    "nbytes",
+)
+# ... and later, into pre-allocated per-field lists (wait_step too)
+_TIMES = ("t_issue", "t_done", "t_wait_start", "t_wait_end")
+_NAN = float("nan")
+
+
 class Ledger:
-    """Per-rank record of collectives; the runner sets `repeat` and `step` as the loop advances."""
+    """Per-rank record of collectives; the runner sets `repeat` and `step` as the loop advances.
+
+    Records are plain Python values (a tuple per event, pre-allocated lists for the times),
+    turned into an EVENT_DTYPE array by `events()`: writing numpy structured-array fields one
+    by one costs about 1 us each, ten times a list store.
+    """
 
     def __init__(
         self,
@@ -97,9 +122,12 @@ class Ledger:
         self.step = 0
         self.layers: list[str] = []
         self._layer_ids: dict[str, int] = {}
-        self._events = np.zeros(capacity, dtype=EVENT_DTYPE)
+        self._static: list[tuple] = []  # per event: the _STATIC fields
+        self._wait_step: list[int] = [0] * capacity
+        self._times: dict[str, list[float]] = {f: [0.0] * capacity for f in _TIMES}
+        self._t_issue, self._t_done, self._t_wait_start, self._t_wait_end = self._times.values()
         self._count = 0
-        self._lock = threading.Lock()  # future callbacks write from the backend's thread
+        self._lock = threading.Lock()  # t_done: future callbacks write from the backend's thread
         self._cuda = cuda
         self._cuda_marks: list[tuple[int, str, torch.cuda.Event]] = []
 
@@ -119,28 +147,50 @@ class Ledger:
         peer: int = -1,
     ) -> int:
         """Start an event and return its slot."""
-        with self._lock:
-            if self._count == len(self._events):
-                self._events = np.resize(self._events, 2 * len(self._events))
-            idx = self._count
-            self._count += 1
-            ev = self._events[idx]
-            ev["repeat"], ev["step"], ev["wait_step"] = self.repeat, self.step, self.step
-            ev["layer"] = self._layer_id(layer)
-            ev["op"], ev["axis"] = OPS.index(op), AXES.index(axis)
-            ev["group_size"], ev["is_async"], ev["nbytes"] = group_size, is_async, nbytes
-            ev["group_first"], ev["peer"] = group_first, peer
-            ev["t_done"] = np.nan
-        self._stamp(idx, "t_issue")
+        idx = self._count
+        if idx == len(self._t_issue):
+            self._grow()
+        lid = self._layer_ids.get(layer)
+        if lid is None:
+            lid = self._layer_id(layer)
+        step = self.step
+        self._static.append(
+            (
+                self.repeat,
+                step,
+                lid,
+                _OP_IDS[op],
+                _AXIS_IDS[axis],
+                group_size,
+                group_first,
+                peer,
+                is_async,
+                nbytes,
+            )
+        )
+        self._wait_step[idx] = step
+        self._t_done[idx] = _NAN
+        self._t_wait_start[idx] = self._t_wait_end[idx] = 0.0
+        self._count = idx + 1
+        if self._cuda:
+            self._stamp(idx, "t_issue")
+        else:
+            self._t_issue[idx] = self.now()
         return idx
+
+    def _grow(self) -> None:
+        """Double the pre-allocated lists, in place (a callback may hold a reference)."""
+        n = max(1, len(self._t_issue))
+        self._wait_step.extend([0] * n)
+        for times in self._times.values():
+            times.extend([0.0] * n)
 
     def mark_done(self, idx: int) -> None:
         """Completion callback of an async op (any thread, `done_callbacks` mode)."""
         t = self.now()
         with self._lock:
-            ev = self._events[idx]
-            if np.isnan(ev["t_done"]):  # a callback trailing the wait end changes nothing
-                ev["t_done"] = t
+            if self._t_done[idx] != self._t_done[idx]:  # NaN: a callback trailing the wait
+                self._t_done[idx] = t  # end changes nothing
 
     def close_blocking(self, idx: int) -> None:
         """A blocking op returned: it was done, and waited on, from issue to now."""
@@ -153,17 +203,12 @@ class Ledger:
         then settled here: t_done = t_wait_end = t_wait_start (0 s exposed, t_done an upper
         bound), and `end_wait` is not called.
         """
+        self._wait_step[idx] = self.step
         if completed and not self._cuda:
             t = self.now()
-            with self._lock:
-                ev = self._events[idx]
-                ev["wait_step"] = self.step
-                ev["t_wait_start"] = ev["t_wait_end"] = t
-                if np.isnan(ev["t_done"]) or ev["t_done"] > t:
-                    ev["t_done"] = t
+            self._t_wait_start[idx] = self._t_wait_end[idx] = t
+            self._settle_done(idx, t)
             return
-        with self._lock:
-            self._events[idx]["wait_step"] = self.step
         self._stamp(idx, "t_wait_start")
 
     def polls_completion(self) -> bool:
@@ -172,16 +217,20 @@ class Ledger:
 
     def end_wait(self, idx: int) -> None:
         """The caller got an async op's result (an op not complete when its wait started)."""
-        self._stamp(idx, "t_wait_end")
         if self._cuda:
+            self._stamp(idx, "t_wait_end")
             self._stamp(idx, "t_done")
         else:
-            with self._lock:
-                ev = self._events[idx]
-                # The callback may trail the wait by a few microseconds; never report an op as
-                # finishing after the caller already had its result.
-                if np.isnan(ev["t_done"]) or ev["t_done"] > ev["t_wait_end"]:
-                    ev["t_done"] = ev["t_wait_end"]
+            t = self.now()
+            self._t_wait_end[idx] = t
+            self._settle_done(idx, t)
+
+    def _settle_done(self, idx: int, t: float) -> None:
+        """t_done is at the latest `t` (the caller had the result): a callback time before it
+        stays; none yet, or a callback trailing by a few microseconds, becomes `t`."""
+        with self._lock:
+            if not self._t_done[idx] <= t:  # NaN or later
+                self._t_done[idx] = t
 
     def _stamp(self, idx: int, field: str) -> None:
         if self._cuda:
@@ -189,9 +238,7 @@ class Ledger:
             event.record()
             self._cuda_marks.append((idx, field, event))
         else:
-            t = self.now()
-            with self._lock:
-                self._events[idx][field] = t
+            self._times[field][idx] = self.now()
 
     def resolve(self, ref_event: torch.cuda.Event | None = None, ref_time: float = 0.0) -> None:
         """CUDA only: turn recorded events into seconds on the host clock.
@@ -201,7 +248,7 @@ class Ledger:
         if not self._cuda_marks:
             return
         for idx, field, event in self._cuda_marks:
-            self._events[idx][field] = ref_time + ref_event.elapsed_time(event) / 1e3
+            self._times[field][idx] = ref_time + ref_event.elapsed_time(event) / 1e3
         self._cuda_marks.clear()
 
     def _layer_id(self, layer: str) -> int:
@@ -213,9 +260,16 @@ class Ledger:
 
     # -- reading -----------------------------------------------------------------------------
     def events(self) -> np.ndarray:
-        """Copy of the recorded events (CUDA: call `resolve` first)."""
+        """Copy of the recorded events as an EVENT_DTYPE array (CUDA: call `resolve` first)."""
         with self._lock:
-            ev = self._events[: self._count].copy()
+            n = self._count
+            ev = np.zeros(n, dtype=EVENT_DTYPE)
+            if n:
+                for name, column in zip(_STATIC, zip(*self._static[:n], strict=True), strict=True):
+                    ev[name] = column
+                ev["wait_step"] = self._wait_step[:n]
+                for name, times in self._times.items():
+                    ev[name] = times[:n]
         blocking = ~ev["is_async"]  # its wait is exactly its duration
         ev["t_wait_start"][blocking] = ev["t_issue"][blocking]
         ev["t_wait_end"][blocking] = ev["t_done"][blocking]
@@ -224,6 +278,7 @@ class Ledger:
     def clear(self) -> None:
         with self._lock:
             self._count = 0
+            self._static.clear()
 
     def __len__(self) -> int:
         return self._count
@@ -298,15 +353,17 @@ class Comm:
         # future's callbacks inline, with no thread hand-off: the callback then costs nothing
         # and gives those ops their ~0 duration (its works report is_completed() False)
         self._inline_futures = dist.is_initialized() and dist.get_backend() == "fake"
+        self._groups: dict[str, tuple[int, int]] = {}  # axis -> (size, lowest global rank)
 
     # -- plumbing ----------------------------------------------------------------------------
     def _issue(self, op, axis, nbytes, layer, async_op, launch, finish, peer=-1):
         ledger = self.ledger if self.ledger.enabled else None
         idx = -1
         if ledger is not None:
-            first = self.mesh.global_ranks(axis)[0]
-            size = self.mesh.size(axis)
-            idx = ledger.open(op, axis, size, nbytes, layer, async_op, first, peer)
+            group = self._groups.get(axis)
+            if group is None:
+                group = self._groups[axis] = (self.mesh.size(axis), self.mesh.global_ranks(axis)[0])
+            idx = ledger.open(op, axis, group[0], nbytes, layer, async_op, group[1], peer)
         work = launch(async_op)
         if async_op:
             callback = ledger is not None and (ledger.done_callbacks or self._inline_futures)

@@ -7,11 +7,13 @@ For each run of the config, every rank of one spawned world builds and paralleli
 workload once (as suite.runner does), runs its warm-up loops, then 2 x pairs timed loops with
 the ledger switched on and off between adjacent loops (on-off, off-on, ...), so that drift of a
 shared machine hits both arms alike. A loop's latency is the slowest rank's, as in the store;
-the overhead is the median over pairs of on / off - 1. Off is what DIFFSCALE_LEDGER=off gives
-(Ledger.enabled False: collectives run unlogged, no completion callbacks). Step timers stay on
-in both arms: latency is measured with them (two perf_counter reads per step). The ledger's
+the overhead is the median over pairs of on / off - 1. On is the ledger of a timed run (no
+completion callbacks: an async op's done time is taken at its wait); off is what
+DIFFSCALE_LEDGER=off gives (Ledger.enabled False: collectives run unlogged). Step timers stay
+on in both arms: latency is measured with them (two perf_counter reads per step). The ledger's
 cost per logged call is also timed directly and multiplied by the calls a step logs: a
-prediction free of run-to-run noise.
+prediction free of run-to-run noise. The completion callback that profiling runs
+(DIFFSCALE_PROFILE=1) add per async op is timed too, and reported apart.
 """
 
 from __future__ import annotations
@@ -93,7 +95,10 @@ def _paired(x: np.ndarray, enabled: np.ndarray) -> tuple[float, float, float, fl
 
 
 def per_call_cost_us(n: int = 20000) -> tuple[float, float]:
-    """Ledger cost per blocking and per async call (us), timed in this process."""
+    """Ledger cost per blocking and per async call (us), timed in this process.
+
+    Async: open, then the wait of an op still running at its wait start (begin and end
+    stamps), the dearer of the two wait paths; the backend poll is timed by `gloo_costs_us`."""
     ledger = Ledger(0, capacity=n + 1)
     t0 = time.perf_counter()
     for _ in range(n):
@@ -104,15 +109,15 @@ def per_call_cost_us(n: int = 20000) -> tuple[float, float]:
     t0 = time.perf_counter()
     for _ in range(n):
         idx = ledger.open("all_gather", "patch", 2, 1 << 16, "down_blocks.0.resnets.0.conv1", True)
-        ledger.mark_done(idx)
-        ledger.begin_wait(idx)
+        ledger.begin_wait(idx, False)
         ledger.end_wait(idx)
     return blocking * 1e6, (time.perf_counter() - t0) / n * 1e6
 
 
-def callback_cost_us(n: int = 3000) -> float:
-    """Extra cost (us) of the completion callback the ledger puts on a gloo future per async
-    call, timed in a gloo world of one in this process (async all-gather with vs without it)."""
+def gloo_costs_us(n: int = 3000) -> tuple[float, float]:
+    """(completion callback, is_completed poll): extra cost (us) per async call, timed in a gloo
+    world of one in this process. The callback (profiling runs only) is timed as the extra wait
+    time of an async all-gather with vs without it; the poll (every timed run) on a done op."""
     import torch.distributed as dist
 
     from suite.launch import _free_port
@@ -134,9 +139,15 @@ def callback_cost_us(n: int = 3000) -> float:
 
     try:
         diffs = [run(True) - run(False) for _ in range(3)]
+        work = gather(out, x, async_op=True)
+        work.wait()
+        t0 = time.perf_counter()
+        for _ in range(10 * n):
+            work.is_completed()
+        poll = (time.perf_counter() - t0) / (10 * n)
     finally:
         dist.destroy_process_group()
-    return max(0.0, float(np.median(diffs))) * 1e6
+    return max(0.0, float(np.median(diffs))) * 1e6, poll * 1e6
 
 
 def cpu_model() -> str:
@@ -176,17 +187,52 @@ def main() -> int:
         )
         rows.append((spec, measured, (calls, n_async)))
     blocking_us, async_us = per_call_cost_us()
-    async_us += callback_cost_us()
+    callback_us, poll_us = gloo_costs_us()
+    async_us += poll_us
     cfg = Path(args.config).resolve()
     config_path = cfg.relative_to(ROOT) if cfg.is_relative_to(ROOT) else cfg
     loads = (load_before, os.getloadavg())
     write_report(
-        Path(args.out), config_path, config, args.pairs, rows, blocking_us, async_us, loads
+        Path(args.out),
+        config_path,
+        config,
+        args.pairs,
+        rows,
+        (blocking_us, async_us, poll_us, callback_us),
+        loads,
     )
     return 0
 
 
-def write_report(out: Path, config_path, config, pairs, rows, blocking_us, async_us, loads) -> None:
+# Earlier measurements of the same design and config, kept for comparison (the fix of
+# 2026-11-22 came in two stages: completion callbacks off, then list-based records).
+HISTORY = """\
+## Earlier measurements (2026-11-22, same design and config)
+
+Overhead = median over pairs of on / off - 1 per clock; per-call cost blocking / async as
+timed by this script at the time. Rows are in time order.
+
+| measured (UTC) | ledger | pairs | load avg (1 min) start -> end | small-sdxl wall | small-sdxl cpu | tiny-sdxl wall | tiny-sdxl cpu | per call blocking / async |
+| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |
+| 08:17 | before the fix: completion callback on every async op's gloo future, numpy records | 8 | 2.55 -> 4.07 | +4.58% | +3.81% | +14.42% | +11.22% | 9.0 / 44.1 us |
+| 09:23 | callbacks only when profiling, done time at the wait; numpy records | 8 | 1.07 -> 2.32 | +1.88% | +1.42% | +3.39% | +5.83% | 9.9 / 14.0 us |
+| 09:27 | same | 24 | 1.94 -> 2.43 | +1.28% | +1.79% | +3.08% | +5.33% | (not kept) |
+| 09:36 | final: as above, list records | 24 | 2.14 -> 3.18 | -0.78% | -0.85% | +2.29% | +3.88% | 1.7 / 2.0 us |
+
+Before the fix the loop latencies were, on / off: small-sdxl 3.6649 / 3.3685 s (wall),
+6.2104 / 5.8254 s (cpu); tiny-sdxl 1.0339 / 0.9540 s (wall), 1.5517 / 1.3869 s (cpu); the
+ranges over pairs were -2.92% to +23.87% and +2.69% to +24.77% (wall).
+
+A three-arm check of the final ledger on tiny-sdxl (16 cycles of off / on / on without the
+`is_completed()` poll, rotated; a scratch variant of this script): on vs off -3.72% wall,
+-1.82% cpu; without the poll vs off +0.39% wall, +0.90% cpu. The poll costs nothing
+measurable, and runs of the same code differ by 2 to 4 points: the noise floor of this shared
+machine, well above the per-call prediction.
+"""
+
+
+def write_report(out: Path, config_path, config, pairs, rows, costs, loads) -> None:
+    blocking_us, async_us, poll_us, callback_us = costs
     spec0 = config.runs[0]
     lines = [
         "# Instrumentation overhead on CPU: comm ledger on vs off",
@@ -206,9 +252,10 @@ def write_report(out: Path, config_path, config, pairs, rows, blocking_us, async
         "- design: ledger on / off switched between adjacent loops (on-off, off-on, ...); a "
         "loop's latency is the slowest rank's (as in the store); overhead = median over the "
         f"{pairs} pairs of latency_on / latency_off - 1; latency columns are medians over loops",
-        "- off = what `DIFFSCALE_LEDGER=off` gives (Ledger.enabled False: collectives run "
-        "unlogged, no completion callbacks); step timers stay on in both arms (two "
-        "perf_counter reads per step)",
+        "- on = the ledger of a timed run: no completion callbacks, an async op's done time "
+        "is taken at its wait (`work.is_completed()` at the wait start); off = what "
+        "`DIFFSCALE_LEDGER=off` gives (Ledger.enabled False: collectives run unlogged); step "
+        "timers stay on in both arms (two perf_counter reads per step)",
         "",
         "| run | collectives / step / rank (async) | clock | loop on [s] | loop off [s] | "
         "overhead (median) | range over pairs | predicted from per-call cost |",
@@ -229,9 +276,15 @@ def write_report(out: Path, config_path, config, pairs, rows, blocking_us, async
         "",
         f"Ledger cost per logged call, timed in one process (20,000 calls): blocking "
         f"{blocking_us:.1f} us (open + close), async {async_us:.1f} us (open, wait begin / "
-        "end, and the completion callback registered on the gloo future, timed as the extra "
-        "wait time of an async all-gather in a gloo world of one). The prediction column is "
-        "that cost times the calls a step logs, over the ledger-off step time.",
+        f"end, and the backend poll `work.is_completed()`, {poll_us:.2f} us on a gloo work). "
+        "The prediction column is that cost times the calls a step logs, over the ledger-off "
+        "step time.",
+        "",
+        "Profiling runs (`--profile`, DIFFSCALE_PROFILE=1) also register a completion "
+        "callback on every async op's gloo future, for exact done times of hidden ops: "
+        f"{callback_us:.1f} us more per async op here (the extra wait time of an async "
+        "all-gather in a gloo world of one), not counted above; profiled runs also carry "
+        "torch.profiler's own overhead and are not timing runs.",
         "",
         "Clocks: wall is the loop's wall time on the slowest rank (what latency_s measures); "
         "cpu is the CPU time the ranks' processes used in the loop, all threads, summed over "
@@ -242,6 +295,7 @@ def write_report(out: Path, config_path, config, pairs, rows, blocking_us, async
         "2-core machine; differences well inside it are not resolved by the end-to-end "
         "measurement, and the per-call prediction is then the better estimate.",
         "",
+        HISTORY,
     ]
     out.mkdir(parents=True, exist_ok=True)
     (out / "index.md").write_text("\n".join(lines))

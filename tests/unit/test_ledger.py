@@ -228,3 +228,36 @@ def test_a_callback_trailing_the_wait_never_moves_done_past_the_wait_end():
         fn(work)
     (ev,) = ledger.events()
     assert (ev["t_wait_start"], ev["t_wait_end"], ev["t_done"]) == (3.0, 5.0, 5.0)
+
+
+def test_events_round_trip_every_field_across_growth_and_clear():
+    clock = Clock()
+    ledger = Ledger(0, capacity=1)
+    ledger.now = clock
+    ledger.open("send", "pipefusion", 2, 5, "stale", True, 0, 1)
+    ledger.clear()  # a reused slot starts afresh
+    ledger.repeat, ledger.step = 3, 4
+    clock.t = 1.0
+    a = ledger.open("send", "pipefusion", 4, 123, "blocks.1", True, group_first=2, peer=3)
+    b = ledger.open("all_reduce", "tensor", 2, 64, "blocks.0", False)
+    clock.t = 2.0
+    ledger.close_blocking(b)
+    ledger.step = 5
+    clock.t = 2.5
+    ledger.begin_wait(a)
+    clock.t = 3.0
+    ledger.end_wait(a)
+    ev = ledger.events()
+    assert (
+        ev.dtype == EVENT_DTYPE
+        and len(ev) == 2
+        and ledger.layers == ["stale", "blocks.1", "blocks.0"]
+    )
+    ea, eb = ev
+    assert (ea["repeat"], ea["step"], ea["wait_step"], ea["layer"]) == (3, 4, 5, 1)
+    assert (OPS[ea["op"]], AXES[ea["axis"]]) == ("send", "pipefusion")
+    assert (ea["group_size"], ea["group_first"], ea["peer"], ea["nbytes"]) == (4, 2, 3, 123)
+    assert ea["is_async"] and not eb["is_async"]
+    assert (ea["t_issue"], ea["t_wait_start"], ea["t_wait_end"], ea["t_done"]) == (1, 2.5, 3, 3)
+    assert (eb["t_issue"], eb["t_done"], eb["t_wait_start"], eb["t_wait_end"]) == (1, 2, 1, 2)
+    assert (eb["wait_step"], eb["peer"], OPS[eb["op"]]) == (4, -1, "all_reduce")

@@ -16,13 +16,17 @@ readings. On CUDA, times are CUDA events on the current stream, resolved to seco
 the runner synchronizes at a step's end; an async op's t_done is then its wait end (NCCL futures
 complete stream-ordered, not on the host), an upper bound.
 
-An async op's t_done on CPU. By default it is taken at the wait, by asking the backend whether
-the op has completed (`work.is_completed()`, a C++ call) just before the wait starts:
-- already complete: t_done = t_wait_end = t_wait_start. The op was hidden: 0 s exposed (exact);
-  it finished at the latest when the wait started, so its duration t_done - t_issue (what comm_s
-  sums) is an upper bound, issue to wait start, for a fully hidden op;
-- not complete: t_done = t_wait_end, exact up to the wait's return, since the wait returns when
-  the op completes (an exposed op).
+An async op's t_done on CPU. By default the ledger polls: at every later ledger event (the
+issue of another collective, a wait) and at every step end it asks the backend whether each op
+still in flight has completed (`work.is_completed()`, a C++ call of ~0.1 us, no GIL hand-off),
+and stamps t_done at the first poll that finds it complete:
+- complete before its wait: a hidden op, 0 s exposed (exact); its duration t_done - t_issue
+  (what comm_s sums) is an upper bound, tight to the gap between two ledger events (a layer's
+  compute; a few ms in a UNet, one transformer block in a DiT);
+- not complete when its wait starts: t_done = t_wait_end, exact up to the wait's return, since
+  the wait returns when the op completes (an exposed op).
+Polling matters: an op waited on a step later (DistriFusion's displaced exchange) would
+otherwise count a whole step as its duration, though gloo finishes it within milliseconds.
 With `Ledger(done_callbacks=True)` (the runner sets it when profiling, DIFFSCALE_PROFILE=1) a
 callback on the op's future stamps t_done when the backend completes it instead: exact for
 hidden ops too, but on CPU each callback is a GIL hand-off from the backend's thread to the
@@ -127,6 +131,7 @@ class Ledger:
         self._times: dict[str, list[float]] = {f: [0.0] * capacity for f in _TIMES}
         self._t_issue, self._t_done, self._t_wait_start, self._t_wait_end = self._times.values()
         self._count = 0
+        self._inflight: list[tuple[int, object]] = []  # (slot, work) of async ops not yet done
         self._lock = threading.Lock()  # t_done: future callbacks write from the backend's thread
         self._cuda = cuda
         self._cuda_marks: list[tuple[int, str, torch.cuda.Event]] = []
@@ -211,6 +216,29 @@ class Ledger:
             return
         self._stamp(idx, "t_wait_start")
 
+    def track(self, idx: int, work) -> None:
+        """Poll async op `idx` for completion until it is found done or waited on (CPU)."""
+        self._inflight.append((idx, work))
+
+    def poll(self) -> None:
+        """Stamp t_done of every tracked async op the backend now reports complete."""
+        if not self._inflight:
+            return
+        t, still = self.now(), []
+        for item in self._inflight:
+            if _completed(item[1]):
+                self._settle_done(item[0], t)
+            else:
+                still.append(item)
+        self._inflight = still
+
+    def untrack(self, idx: int) -> bool:
+        """Op `idx` is being waited on, so its wait settles t_done: stop polling it. True if it
+        was still in flight (not yet found complete)."""
+        before = len(self._inflight)
+        self._inflight = [item for item in self._inflight if item[0] != idx]
+        return len(self._inflight) < before
+
     def polls_completion(self) -> bool:
         """Whether a wait should ask the backend if its op already completed (CPU, no callbacks)."""
         return not self._cuda and not self.done_callbacks
@@ -279,6 +307,7 @@ class Ledger:
         with self._lock:
             self._count = 0
             self._static.clear()
+            self._inflight = []
 
     def __len__(self) -> int:
         return self._count
@@ -297,8 +326,12 @@ class Pending:
         if self._work is not None:
             ledger, completed = self._ledger, False
             if ledger is not None:
-                # asked before the wait-start stamp, so that a complete op finished by then
-                completed = ledger.polls_completion() and _completed(self._work)
+                if ledger.polls_completion():
+                    # polled before the wait-start stamp, so that a complete op finished by
+                    # then; an op no longer in flight was found complete by this or an
+                    # earlier poll
+                    ledger.poll()
+                    completed = not ledger.untrack(self._idx)
                 ledger.begin_wait(self._idx, completed)
             self._work.wait()
             if ledger is not None and not completed:
@@ -360,6 +393,8 @@ class Comm:
         ledger = self.ledger if self.ledger.enabled else None
         idx = -1
         if ledger is not None:
+            if ledger._inflight:
+                ledger.poll()
             group = self._groups.get(axis)
             if group is None:
                 group = self._groups[axis] = (self.mesh.size(axis), self.mesh.global_ranks(axis)[0])
@@ -371,6 +406,8 @@ class Comm:
                 # a backend without futures for this op leaves t_done to the wait end
                 with contextlib.suppress(RuntimeError):
                     work.get_future().add_done_callback(lambda _f: ledger.mark_done(idx))
+            elif ledger is not None and ledger.polls_completion():
+                ledger.track(idx, work)
             return Pending(work, ledger, idx, finish)
         if ledger is not None:
             ledger.close_blocking(idx)

@@ -156,6 +156,7 @@ def denoise(
 
     def after_step(i: int) -> None:
         _sync(device)
+        ledger.poll()  # async ops that finished during the step get their done time here
         if ref_event is not None:
             ledger.resolve(ref_event, ref_time)
         if marks is not None:

@@ -7,6 +7,7 @@ import pytest
 from suite import parallel
 from suite.comm import OPS
 from suite.config import ConfigError, parse_config
+from suite.launch import RunSkipped
 
 
 def _spec(strategy: str, axis: str, world_mode: str, workload: str = "tiny-pixart-alpha"):
@@ -51,7 +52,11 @@ def test_fake_world_logs_the_bytes_of_a_real_world(world2, fake_world, strategy,
         real_spec, fake_spec = _spec(strategy, axis, "real"), _spec(strategy, axis, "fake")
     except ConfigError as e:
         pytest.skip(f"{strategy} cannot run this workload at degree 2: {e.problems[0]}")
-    real, fake = world2.run(real_spec), fake_world.run(fake_spec)
+    try:
+        real = world2.run(real_spec)
+    except RunSkipped as e:  # a library strategy that cannot run this model (its own reason)
+        pytest.skip(f"{strategy}: {e}")
+    fake = fake_world.run(fake_spec)
     assert [r.rank for r in fake] == [0, 1]
     assert _ledger(fake) == _ledger(real)
     assert all(r.latents is None for r in fake)  # emulated outputs are never kept

@@ -197,6 +197,32 @@ def test_async_op_complete_before_its_wait_is_hidden_and_done_at_wait_start():
     assert rows[0]["comm_s"] == pytest.approx(2.0)
 
 
+def test_a_later_ledger_event_or_step_end_stamps_completion_before_the_wait():
+    clock, ledger, work, pending = issue(done_callbacks=False)
+    other = StubWork(clock)
+    clock.t = 2.0
+    work.complete()  # finishes at 2.0
+    clock.t = 2.5  # the next collective's issue polls the ops in flight
+    later = Comm(StubMesh(), ledger)._issue(
+        "all_gather", "patch", 64, "m", True, lambda a: other, lambda: torch.zeros(1)
+    )
+    clock.t = 2.8
+    ledger.poll()  # a step end: `other` is still running, nothing changes
+    clock.t = 3.0
+    ledger.step = 1
+    pending.wait()
+    clock.t = 3.5
+    other.complete()
+    ledger.poll()  # the runner's poll at the end of step 1
+    clock.t = 4.0
+    later.wait()
+    first, second = ledger.events()
+    assert first["t_done"] == 2.5  # the first poll after completion: issue -> 2.5, not -> 3.0
+    assert first["t_wait_start"] == first["t_wait_end"] == 3.0  # hidden: 0 s exposed
+    assert second["t_done"] == 3.5 and second["t_wait_start"] == second["t_wait_end"] == 4.0
+    assert ledger._inflight == []  # nothing left to poll
+
+
 def test_async_op_still_running_at_its_wait_is_done_at_the_wait_end():
     clock, ledger, work, pending = issue(done_callbacks=False, wait_until=5.0)
     clock.t = 3.0

@@ -28,10 +28,10 @@ and stamps t_done at the first poll that finds it complete:
 Polling matters: an op waited on a step later (DistriFusion's displaced exchange) would
 otherwise count a whole step as its duration, though gloo finishes it within milliseconds.
 With `Ledger(done_callbacks=True)` (the runner sets it when profiling, DIFFSCALE_PROFILE=1) a
-callback on the op's future stamps t_done when the backend completes it instead: exact for
-hidden ops too, but on CPU each callback is a GIL hand-off from the backend's thread to the
-rank's main thread, which costs several percent of a step with one core per rank
-(reports/overhead_cpu/diagnosis.md), so it is off in timed benchmark runs. In a fake world
+callback on the op's future also stamps t_done, and the earlier stamp wins; on CPU each callback
+is a GIL hand-off from the backend's thread to the rank's main thread, which costs several
+percent of a step with one core per rank (reports/overhead_cpu/diagnosis.md), so it is off in
+timed benchmark runs. In a fake world
 (torch's fake process group) the callback is always used: ops complete at issue and the callback
 runs inline, at no cost, so their duration stays ~0.
 """
@@ -240,8 +240,8 @@ class Ledger:
         return len(self._inflight) < before
 
     def polls_completion(self) -> bool:
-        """Whether a wait should ask the backend if its op already completed (CPU, no callbacks)."""
-        return not self._cuda and not self.done_callbacks
+        """Whether async ops are polled for completion (CPU; CUDA stamps events instead)."""
+        return not self._cuda
 
     def end_wait(self, idx: int) -> None:
         """The caller got an async op's result (an op not complete when its wait started)."""
@@ -406,7 +406,8 @@ class Comm:
                 # a backend without futures for this op leaves t_done to the wait end
                 with contextlib.suppress(RuntimeError):
                     work.get_future().add_done_callback(lambda _f: ledger.mark_done(idx))
-            elif ledger is not None and ledger.polls_completion():
+            # polled in both modes, the earlier stamp wins: a callback must wait for the GIL
+            if ledger is not None and ledger.polls_completion() and not self._inline_futures:
                 ledger.track(idx, work)
             return Pending(work, ledger, idx, finish)
         if ledger is not None:

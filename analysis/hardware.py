@@ -80,7 +80,9 @@ class Profile:
     cpu_cores: int | None = None  # CPU profiles: ranks beyond the cores share them
 
     def contention(self, world_size: int, threads_per_rank: int) -> float:
-        """How much slower compute runs because ranks share cores (1 on GPUs)."""
+        """How much slower compute runs because ranks share cores (1 on GPUs), if every rank
+        were always busy: an upper bound; the projection solves the actual sharing from the
+        timeline (analysis.projection.simulate_shared), where waiting ranks free their cores."""
         if not self.cpu_cores:
             return 1.0
         return max(1.0, world_size * threads_per_rank / self.cpu_cores)

@@ -14,7 +14,14 @@ computation and communication, then re-cost each on other hardware):
   calibrated on the source machine may carry fitted alpha/beta per (op, group size) instead;
 - timeline: ranks are simulated together. A collective starts when the last member issues it
   (the k-th op on a group matches the k-th on every member, as NCCL requires) and a send pairs
-  with the receive of the same order; async ops run beside compute until their wait point.
+  with the receive of the same order; async ops run beside compute until their wait point;
+- core sharing (CPU profiles, `cpu_cores`): when a world's busy threads outnumber the cores, each
+  runs slower by the mean number of busy threads per core over the loop (processor sharing).
+  Busy: a rank's compute threads while it computes, and one thread per op it takes part in for
+  the op's cost (on CPU the backend moves data with the ranks' own cores, async or not); a rank
+  blocked waiting for a peer (a pipeline bubble, a late member) sleeps and frees its core. On the
+  target the factor is solved with the timeline it shapes (a fixed point); a real run measured
+  under sharing is first brought back to unshared speed by the factor its own trace shows.
 """
 
 from __future__ import annotations
@@ -241,6 +248,82 @@ def simulate(
     return Projected(latency, step - exposed, comm, exposed)
 
 
+def _op_args(e: np.ndarray, rank: int, degrees: dict[str, int]) -> tuple[str, float, list[int]]:
+    """(op for the cost model, nbytes, global ranks taking part) of one ledger event."""
+    op = OPS[e["op"]]
+    if op in ("send", "recv"):
+        return "send", float(e["nbytes"]), [rank, int(e["peer"])]
+    return op, float(e["nbytes"]), group_members(degrees, rank, AXES[e["axis"]])
+
+
+def comm_busy_s(traces: list[RankTrace], degrees: dict[str, int], cost) -> float:
+    """Thread-seconds the ranks' communication keeps busy: every event's full cost (each member
+    of an op, sender and receiver alike, moves data for its whole duration)."""
+    return float(sum(cost(*_op_args(e, t.rank, degrees)) for t in traces for e in t.events))
+
+
+def core_sharing(busy_s: float, latency_s: float, cores: float) -> float:
+    """How much slower a busy thread runs when `busy_s` thread-seconds share `cores` over a loop
+    of `latency_s` (processor sharing: the mean busy threads per core, at least 1)."""
+    if not latency_s > 0:
+        return 1.0
+    return max(1.0, busy_s / (latency_s * cores))
+
+
+def measured_sharing(
+    traces_by_rank: dict[int, tuple[np.ndarray, np.ndarray]],
+    degrees: dict[str, int],
+    source: Profile,
+    threads_per_rank: int,
+) -> float:
+    """Core sharing a real run's measured compute ran under (1 without `cpu_cores`).
+
+    From the trace: compute (step time not blocked on communication) times the rank's threads,
+    plus the communication's busy time on `source`, over the loops' wall time and the cores.
+    """
+    if not source.cpu_cores:
+        return 1.0
+    busy = wall = 0.0
+    for rep in sorted(set(traces_by_rank[0][0]["repeat"].tolist())):
+        traces = []
+        for r, (steps, events) in sorted(traces_by_rank.items()):
+            st, ev = steps[steps["repeat"] == rep], events[events["repeat"] == rep]
+            traces.append(RankTrace(r, st, ev))
+            blocked = float((ev["t_wait_end"] - ev["t_wait_start"]).sum())
+            busy += (float((st["t_end"] - st["t_start"]).sum()) - blocked) * threads_per_rank
+        busy += comm_busy_s(traces, degrees, lambda op, n, m: op_time(source, op, n, m))
+        wall += max(float(t.steps["t_end"].max()) for t in traces) - min(
+            float(t.steps["t_start"].min()) for t in traces
+        )
+    return core_sharing(busy, wall, source.cpu_cores)
+
+
+def simulate_shared(
+    traces: list[RankTrace],
+    degrees: dict[str, int],
+    cost,
+    compute_scale: float,
+    cores: float,
+    threads_per_rank: int = 1,
+) -> tuple[Projected, float]:
+    """`simulate` on `cores` shared by the ranks: (projection, core-sharing factor).
+
+    The factor scales compute and depends on the timeline it produces (how long ranks sleep
+    in bubbles and waits), so it is solved by damped fixed-point iteration.
+    """
+    n_steps, world = len(traces[0].steps), len(traces)
+    busy_comm = comm_busy_s(traces, degrees, cost)
+    share = max(1.0, world * threads_per_rank / cores)  # every rank always busy: the bound
+    for _ in range(100):
+        p = simulate(traces, degrees, cost, compute_scale * share)
+        busy = p.compute_s * n_steps * world * threads_per_rank + busy_comm
+        new = core_sharing(busy, p.latency_s, cores)
+        if abs(new - share) <= 1e-4 * share:
+            break
+        share = 0.5 * (share + new)
+    return p, share
+
+
 def compute_scale(source: Profile, target: Profile, dtype: str) -> float:
     """Factor applied to measured compute time: source throughput / target throughput."""
     return source.device.throughput(dtype) / target.device.throughput(dtype)
@@ -253,10 +336,13 @@ def project_run(
     target: Profile,
     dtype: str,
     extra_scale: float = 1.0,
+    threads_per_rank: int = 1,
 ) -> Projected:
     """Project a stored run (per rank: its steps and events arrays) onto `target`.
 
-    Each timed loop is simulated and the median-latency one is returned.
+    Each timed loop is simulated and the median-latency one is returned. `extra_scale`
+    multiplies compute (e.g. 1 / the core sharing a real run was measured under); on a target
+    with `cpu_cores` the ranks share its cores (`simulate_shared`).
     """
     world = len(traces_by_rank)
     if world > target.world_size:
@@ -271,7 +357,12 @@ def project_run(
             RankTrace(r, steps[steps["repeat"] == rep], events[events["repeat"] == rep])
             for r, (steps, events) in sorted(traces_by_rank.items())
         ]
-        results.append(simulate(traces, degrees, lambda op, n, m: op_time(target, op, n, m), scale))
+        cost = lambda op, n, m: op_time(target, op, n, m)  # noqa: E731
+        if target.cpu_cores:
+            p, _ = simulate_shared(traces, degrees, cost, scale, target.cpu_cores, threads_per_rank)
+        else:
+            p = simulate(traces, degrees, cost, scale)
+        results.append(p)
     results.sort(key=lambda p: p.latency_s)
     return (
         results[len(results) // 2] if results else Projected(math.nan, math.nan, math.nan, math.nan)
@@ -306,20 +397,24 @@ def project_store(
                 for r in range(int(run.world_size))
             }
             degrees = json.loads(run.degrees)
-            # compute measured under core sharing (a real CPU world) is first undone
-            measured_contention = (
-                src.contention(run.world_size, run.threads_per_rank)
+            # compute measured under core sharing (a real CPU world) is first brought back to
+            # unshared speed; a fake world ran its ranks one at a time, unshared
+            measured = (
+                measured_sharing(by_rank, degrees, src, int(run.threads_per_rank))
                 if run.world_mode == "real"
                 else 1.0
             )
             for target in targets:
                 if run.world_size > target.world_size:
                     continue
-                scale_fix = (
-                    target.contention(run.world_size, run.threads_per_rank) / measured_contention
-                )
                 p = project_run(
-                    by_rank, degrees, src, target, dtype or run.dtype, extra_scale=scale_fix
+                    by_rank,
+                    degrees,
+                    src,
+                    target,
+                    dtype or run.dtype,
+                    extra_scale=1.0 / measured,
+                    threads_per_rank=int(run.threads_per_rank),
                 )
                 row = {"run_id": run.run_id, "hardware": target.name, "latency_s": p.latency_s,
                        "compute_s": p.compute_s, "comm_s": p.comm_s, "exposed_comm_s": p.exposed_comm_s}  # fmt: skip

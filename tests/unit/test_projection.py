@@ -11,8 +11,11 @@ from analysis.projection import (
     alpha_beta_time,
     bus_bandwidth,
     group_members,
+    measured_sharing,
     op_time,
+    project_run,
     simulate,
+    simulate_shared,
 )
 from suite.comm import EVENT_DTYPE, OPS
 from suite.mesh import AXES
@@ -148,3 +151,52 @@ def test_calibrated_curve_is_interpolated_inside_its_range_and_fit_outside():
     # halfway in log size between 1e6 and 1e9 -> geometric mean of the times
     assert op_time(prof, "all_reduce", 10**7.5, [0, 1]) == pytest.approx((1e-3 * 2.0) ** 0.5)
     assert op_time(prof, "all_reduce", 1e10, [0, 1]) == pytest.approx(1e-4 + 10.0)  # the fit
+
+
+# -- core sharing on CPU profiles ------------------------------------------------------------
+def test_ranks_computing_at_once_share_the_cores():
+    # two ranks compute 1 s each at the same time: on one core each runs at half speed
+    traces = [RankTrace(r, _steps((0.0, 1.0)), np.zeros(0, dtype=EVENT_DTYPE)) for r in (0, 1)]
+    p, share = simulate_shared(traces, {"data": 2}, lambda op, n, m: 0.0, 1.0, cores=1)
+    assert share == pytest.approx(2.0) and p.latency_s == pytest.approx(2.0)
+    p, share = simulate_shared(traces, {"data": 2}, lambda op, n, m: 0.0, 1.0, cores=2)
+    assert share == 1.0 and p.latency_s == pytest.approx(1.0)
+
+
+def test_a_rank_waiting_in_a_pipeline_bubble_frees_its_core():
+    # rank 0 computes 1 s then sends; rank 1 sleeps on the receive, then computes 1 s. They
+    # never compute at once, so one core is not shared (every rank always busy would say 2x:
+    # latency 4 s).
+    r0 = _ev("send", "pipefusion", 1.0, 1.0, 1.0, 1.0, False, peer=1)
+    r1 = _ev("recv", "pipefusion", 0.0, 1.0, 0.0, 1.0, False, peer=0)
+    traces = [RankTrace(0, _steps((0.0, 1.0)), r0), RankTrace(1, _steps((0.0, 2.0)), r1)]
+    p, share = simulate_shared(traces, {"pipefusion": 2}, lambda op, n, m: 0.0, 1.0, cores=1)
+    assert share == pytest.approx(1.0, rel=1e-3)
+    assert p.latency_s == pytest.approx(2.0, rel=1e-3)
+
+
+def test_communication_keeps_both_sides_busy():
+    # as above, but the transfer costs 1 s, during which both ranks are busy (sender and
+    # receiver copy on CPU): they share the core with each other's compute
+    r0 = _ev("send", "pipefusion", 1.0, 1.0, 1.0, 1.0, False, peer=1)
+    r1 = _ev("recv", "pipefusion", 0.0, 1.0, 0.0, 1.0, False, peer=0)
+    traces = [RankTrace(0, _steps((0.0, 1.0)), r0), RankTrace(1, _steps((0.0, 2.0)), r1)]
+    p, share = simulate_shared(traces, {"pipefusion": 2}, lambda op, n, m: 1.0, 1.0, cores=1)
+    # with share s: latency 2s + 1, busy 2s (compute) + 2 (both sides of the transfer), so
+    # s = (2s + 2) / (2s + 1) -> 2s^2 - s - 2 = 0 -> s = (1 + sqrt(17)) / 4
+    s = (1 + 17**0.5) / 4
+    assert share == pytest.approx(s, rel=1e-3)
+    assert p.latency_s == pytest.approx(2 * s + 1, rel=1e-3)
+
+
+def test_measured_sharing_undoes_what_a_real_world_ran_under():
+    # two ranks computed 0-2 s at once on one core: unshared, each needs 1 s
+    from dataclasses import replace
+
+    by_rank = {r: (_steps((0.0, 2.0)), np.zeros(0, dtype=EVENT_DTYPE)) for r in (0, 1)}
+    one_core = replace(_profile(), cpu_cores=1)
+    assert measured_sharing(by_rank, {"data": 2}, one_core, 1) == pytest.approx(2.0)
+    assert measured_sharing(by_rank, {"data": 2}, _profile(), 1) == 1.0  # a GPU profile
+    # projected back on the same machine, the run takes what it measured
+    p = project_run(by_rank, {"data": 2}, one_core, one_core, "bf16", extra_scale=1 / 2.0)
+    assert p.latency_s == pytest.approx(2.0)

@@ -19,8 +19,9 @@ their receives when it began that step, which never depends on this rank's later
 cannot deadlock, and at most one step of messages is in flight). Every message on the
 pipefusion axis goes through `Comm`, so the ledger holds exactly the activations and
 predictions moved. Per-rank step i spans this stage's share of step i; time blocked on a
-receive is the bubble. gloo has no completion callback for point-to-point ops, so the ledger
-times them from posting to the wait: their comm_s spans compute, their exposed time does not.
+receive is the bubble. The ledger stamps a point-to-point op done at the first ledger event
+(or step end) that finds it complete, or at its wait's end if it was still running: its comm_s
+may span compute up to that poll, its exposed time is only the wait.
 """
 
 from __future__ import annotations

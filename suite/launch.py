@@ -98,7 +98,9 @@ def emulate(spec: RunSpec, device: torch.device, progress=None) -> list[RankResu
     return results
 
 
-def _local_worker(rank, world_size, port, device_type, threads, timeout_s, tasks, results, fake=False):
+def _local_worker(
+    rank, world_size, port, device_type, threads, timeout_s, tasks, results, fake=False
+):
     """Body of one spawned rank: join the world, then run specs until told to stop.
 
     With `fake`, the one process emulates whole worlds (see `emulate`) and joins none.
@@ -110,7 +112,7 @@ def _local_worker(rank, world_size, port, device_type, threads, timeout_s, tasks
             torch.cuda.set_device(device)
         if not fake:
             dist.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo",
+                "nccl" if device.type == "cuda" else "gloo",
                 init_method=f"tcp://127.0.0.1:{port}",
                 rank=rank,
                 world_size=world_size,

@@ -52,36 +52,48 @@ def validation(db_path: str | Path, source: str) -> pd.DataFrame:
 
 
 def plot_scaling(df: pd.DataFrame, path: Path) -> Path:
-    """Projected latency vs world size, one panel per workload, a line per hardware x strategy."""
+    """Projected latency vs world size: a panel per workload x strategy, a line per hardware
+    profile (the single-device run at world 1 starts every line), log-log axes so that CPU and
+    GPU profiles share a panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    workloads = sorted(df["workload"].unique()) or ["(none)"]
-    fig, axes = plt.subplots(1, len(workloads), figsize=(6 * len(workloads), 4.2), squeeze=False)
-    styles = ["-", "--", ":", "-."]
-    for ax, wl in zip(axes[0], workloads, strict=True):
-        sub = df[df["workload"] == wl]
-        for hi, (hw, by_hw) in enumerate(sub.groupby("hardware")):
-            for si, (st, g) in enumerate(by_hw.groupby("strategy")):
-                g = g.groupby("world_size")["projected_latency_s"].min()
-                ax.plot(
-                    g.index,
-                    g.values,
-                    styles[si % 4],
-                    marker="o",
-                    color=f"C{hi % 10}",
-                    label=f"{hw} | {st}",
-                )
+    hardware = sorted(df["hardware"].unique())
+    colors = {hw: f"C{i % 10}" for i, hw in enumerate(hardware)}
+    panels = [
+        (wl, st)
+        for wl in sorted(df["workload"].unique())
+        for st in sorted(df.loc[df["workload"] == wl, "strategy"].unique())
+        if st != "none"
+    ] or [("(none)", "none")]
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.9 * nrows + 0.9), squeeze=False)
+    for ax, (wl, st) in zip(axes.flat, panels, strict=False):
+        sub = df[(df["workload"] == wl) & df["strategy"].isin([st, "none"])]
+        for hw, g in sub.groupby("hardware"):
+            runs = g[g["strategy"] == st]
+            base = g[(g["strategy"] == "none") & (g["world_size"] == 1)]
+            if "batch" in g:  # the baseline of the same batch (data parallelism runs more images)
+                base = base[base["batch"].isin(runs["batch"])]
+            curve = pd.concat([base, runs])
+            pts = curve.groupby("world_size")["projected_latency_s"].min()
+            ax.plot(pts.index, pts.values, "-", marker="o", ms=3, color=colors[hw], label=hw)
         ax.set_xscale("log", base=2)
-        ax.set_title(wl)
-        ax.set_xlabel("world size (ranks)")
-        ax.set_ylabel("PROJECTED latency [s]")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Projected scaling per interconnect (alpha-beta re-timing of measured traces)")
-    fig.tight_layout()
+        ax.set_yscale("log")
+        ax.set_title(f"{wl}: {st}", fontsize=9)
+        ax.set_xlabel("world size (ranks)", fontsize=8)
+        ax.set_ylabel("PROJECTED latency [s]", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, which="both", alpha=0.25)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], color=colors[hw], marker="o", ms=3) for hw in hardware]
+    fig.legend(handles, hardware, loc="lower center", ncol=min(5, len(hardware)), fontsize=8)
+    fig.suptitle("PROJECTED latency per interconnect (re-timed ledger traces; world 1 = none)")
+    fig.tight_layout(rect=(0, 0.5 / (2.9 * nrows + 0.9), 1, 0.97))  # room for the legend
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

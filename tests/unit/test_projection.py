@@ -200,3 +200,22 @@ def test_measured_sharing_undoes_what_a_real_world_ran_under():
     # projected back on the same machine, the run takes what it measured
     p = project_run(by_rank, {"data": 2}, one_core, one_core, "bf16", extra_scale=1 / 2.0)
     assert p.latency_s == pytest.approx(2.0)
+
+
+def test_scaling_plot_has_a_panel_per_strategy_and_a_line_per_profile(tmp_path):
+    import matplotlib.image
+    import pandas as pd
+
+    from analysis.projection_report import plot_scaling
+
+    curve = [("none", 1, 8.0), ("ring", 2, 4.5), ("ring", 4, 2.6), ("tensor", 2, 5.0)]
+    rows = [
+        {"workload": "w", "strategy": st, "world_size": n, "hardware": hw,
+         "projected_latency_s": t * scale}
+        for hw, scale in (("cpu", 1.0), ("gpu", 1e-3))
+        for st, n, t in curve
+    ]  # fmt: skip
+    path = plot_scaling(pd.DataFrame(rows), tmp_path / "p.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert width > height  # two panels (ring, tensor) side by side, the legend below them

@@ -31,9 +31,8 @@ With `Ledger(done_callbacks=True)` (the runner sets it when profiling, DIFFSCALE
 callback on the op's future also stamps t_done, and the earlier stamp wins; on CPU each callback
 is a GIL hand-off from the backend's thread to the rank's main thread, which costs several
 percent of a step with one core per rank (reports/overhead_cpu/diagnosis.md), so it is off in
-timed benchmark runs. In a fake world
-(torch's fake process group) the callback is always used: ops complete at issue and the callback
-runs inline, at no cost, so their duration stays ~0.
+timed benchmark runs. In a fake world (torch's fake process group) the callback is always used:
+ops complete at issue and the callback runs inline, at no cost, so their duration stays ~0.
 """
 
 from __future__ import annotations
@@ -119,8 +118,8 @@ class Ledger:
     ):
         self.rank = rank
         self.enabled = enabled
-        # CPU: stamp an async op's t_done from a callback on its future (exact, but a GIL
-        # hand-off per op) rather than at its wait (see the module docstring)
+        # CPU: also stamp an async op's t_done from a callback on its future (a GIL hand-off
+        # per op; polling alone is the default, see the module docstring)
         self.done_callbacks = done_callbacks
         self.repeat = -1
         self.step = 0
@@ -204,9 +203,9 @@ class Ledger:
     def begin_wait(self, idx: int, completed: bool = False) -> None:
         """The caller starts waiting on async op `idx`.
 
-        `completed`: the backend reported the op complete just before (CPU only). The wait is
-        then settled here: t_done = t_wait_end = t_wait_start (0 s exposed, t_done an upper
-        bound), and `end_wait` is not called.
+        `completed`: a poll found the op complete by now (CPU only). The wait is then settled
+        here: t_wait_end = t_wait_start (0 s exposed), t_done stays the poll's stamp (never
+        after the wait start), and `end_wait` is not called.
         """
         self._wait_step[idx] = self.step
         if completed and not self._cuda:
@@ -393,8 +392,7 @@ class Comm:
         ledger = self.ledger if self.ledger.enabled else None
         idx = -1
         if ledger is not None:
-            if ledger._inflight:
-                ledger.poll()
+            ledger.poll()  # ops in flight that finished since the last event
             group = self._groups.get(axis)
             if group is None:
                 group = self._groups[axis] = (self.mesh.size(axis), self.mesh.global_ranks(axis)[0])

@@ -101,3 +101,18 @@ class ParallelMesh:
 
                 self._ranks[axis] = dist.get_process_group_ranks(self.group(axis))
         return self._ranks[axis]
+
+
+_LIBRARY_MESHES: dict[tuple, object] = {}  # (device type, shape, names) -> DeviceMesh
+
+
+def library_mesh(device_type: str, shape: tuple[int, ...], names: tuple[str, ...]):
+    """A DeviceMesh over the whole world with a library's own dim names (diffusers wants e.g.
+    ('ring', 'ulysses') with both present, or ('tp',)), made once per layout so every run of a
+    sweep reuses its process groups. Collectives the library issues on it bypass the ledger."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    key = (device_type, shape, names)
+    if key not in _LIBRARY_MESHES:
+        _LIBRARY_MESHES[key] = init_device_mesh(device_type, shape, mesh_dim_names=names)
+    return _LIBRARY_MESHES[key]

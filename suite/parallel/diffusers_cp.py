@@ -22,11 +22,10 @@ import contextlib
 
 import torch
 
+from suite.mesh import library_mesh
 from suite.parallel import Parallelized, Strategy, Unsupported, register
 from suite.parallel.plans import get_plan, image_tokens
 from suite.parallel.sequence import SEQUENCE_FAMILIES
-
-_MESHES: dict[tuple, object] = {}  # (device type, shape, names) -> DeviceMesh, reused across runs
 
 
 @contextlib.contextmanager
@@ -42,17 +41,6 @@ def _one_accelerator():
         yield
     finally:
         torch.accelerator.device_count = original
-
-
-def _mesh(device_type: str, shape: tuple[int, ...], names: tuple[str, ...]):
-    """A device mesh over the whole world for the library (process groups made once per
-    layout: every run of a sweep reuses them instead of creating new groups)."""
-    from torch.distributed.device_mesh import init_device_mesh
-
-    key = (device_type, shape, names)
-    if key not in _MESHES:
-        _MESHES[key] = init_device_mesh(device_type, shape, mesh_dim_names=names)
-    return _MESHES[key]
 
 
 def _library() -> str:
@@ -109,7 +97,7 @@ def apply_diffusers_cp(workload, comm, options) -> Parallelized:
     device = workload.inputs.latents.device
     if ring > 1:
         _check_ring_backend(device)
-    mesh = _mesh(device.type, (ring, ulysses), ("ring", "ulysses"))
+    mesh = library_mesh(device.type, (ring, ulysses), ("ring", "ulysses"))
     _enable(model, ContextParallelConfig(ring_degree=ring, ulysses_degree=ulysses, mesh=mesh))
     return Parallelized(
         denoiser=workload.denoiser, inputs=workload.inputs, modules=[workload.denoiser]
@@ -127,7 +115,7 @@ def apply_diffusers_tp(workload, comm, options) -> Parallelized:
             f"{_library()} has no tensor-parallel plan (_tp_plan) for {type(model).__name__}"
         )
     n = comm.mesh.size("tensor")
-    mesh = _mesh(workload.inputs.latents.device.type, (n,), ("tp",))
+    mesh = library_mesh(workload.inputs.latents.device.type, (n,), ("tp",))
     _enable(model, TensorParallelConfig(tp_degree=n, mesh=mesh))
     return Parallelized(
         denoiser=workload.denoiser, inputs=workload.inputs, modules=[workload.denoiser]

@@ -23,12 +23,12 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check suite workloads analysis tests
-	$(BIN)/ruff format --check suite workloads analysis tests
+	$(BIN)/ruff check suite workloads analysis benchmarks tests
+	$(BIN)/ruff format --check suite workloads analysis benchmarks tests
 
 format: $(STAMP)
-	$(BIN)/ruff format suite workloads analysis tests
-	$(BIN)/ruff check --fix suite workloads analysis tests
+	$(BIN)/ruff format suite workloads analysis benchmarks tests
+	$(BIN)/ruff check --fix suite workloads analysis benchmarks tests
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -14,8 +14,8 @@ import pandas as pd
 
 from analysis.fmt import fmt_fixed, fmt_int, fmt_sig, fmt_text, is_missing
 from analysis.render import Block, Heading, Image, Para, Table
-from suite.fidelity import FIDS, PSNR_CAP_DB
-from suite.fidelity_images import IMAGES, SOURCES, image_files, image_source, load_images
+from suite.fidelity.images import IMAGES, SOURCES, image_files, image_source, load_images
+from suite.fidelity.metrics import FIDS, PSNR_CAP_DB
 from suite.results import ResultStore
 
 DIFF_GAIN = 4  # |baseline - method| x 4, clipped to 1

@@ -190,7 +190,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
 
 
 def _cmd_fidelity(args: argparse.Namespace) -> int:
-    from suite.fidelity_score import FidelityOptions, score_store
+    from suite.fidelity.score import FidelityOptions, score_store
     from suite.results import ResultStore
 
     db = _db_of(args.results)

@@ -199,7 +199,7 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class FidelitySettings:
-    """The config's `fidelity:` mapping (suite.fidelity_score): scoring inputs, not run identity.
+    """The config's `fidelity:` mapping (suite.fidelity.score): scoring inputs, not run identity.
 
     fidelity: {reference: data/coco-val, weights_dir: ~/weights}
     """

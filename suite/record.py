@@ -196,7 +196,7 @@ def assemble(spec: RunSpec, results: list[RankResult], output_dir: str) -> RunRe
 
 
 def _save_images(spec: RunSpec, run_dir: Path, latents: torch.Tensor) -> None:
-    from suite.fidelity_images import write_run_images
+    from suite.fidelity.images import write_run_images
 
     try:
         write_run_images(spec, run_dir, latents)

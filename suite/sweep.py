@@ -75,8 +75,8 @@ def _record(store: ResultStore, spec: RunSpec, outcome, summary: SweepSummary, f
 
 
 def _score(store: ResultStore, spec: RunSpec, fidelity) -> None:
-    """Fidelity vs the baseline when it is in this store (suite.fidelity_score); never raises."""
-    from suite.fidelity_score import FidelityOptions, score_after_record
+    """Fidelity vs the baseline when it is in this store (suite.fidelity.score); never raises."""
+    from suite.fidelity.score import FidelityOptions, score_after_record
 
     fidelity = fidelity or FidelitySettings()
     options = FidelityOptions(reference=fidelity.reference, weights_dir=fidelity.weights_dir)

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import workloads
-from suite import fidelity as fm
-from suite import fidelity_backbones as fb
+from suite.fidelity import metrics as fm
+from suite.fidelity import backbones as fb
 from suite import parallel
 from suite.config import FidelitySettings, parse_config
-from suite.fidelity_images import IMAGES, decode, image_files, to_uint8
+from suite.fidelity.images import IMAGES, decode, image_files, to_uint8
 from suite.results import ResultStore
 from suite.sweep import SweepSummary, _record
 from workloads.models import packaged_weights_path

@@ -12,9 +12,9 @@ import pytest
 import torch
 from scipy import linalg
 
-from suite import fidelity as fm
-from suite import fidelity_backbones as fb
-from suite.fidelity_images import (
+from suite.fidelity import backbones as fb
+from suite.fidelity import metrics as fm
+from suite.fidelity.images import (
     PIXEL_SPACE,
     PROJECTION,
     decode,
@@ -23,7 +23,7 @@ from suite.fidelity_images import (
     project_latents,
     save_images,
 )
-from suite.fidelity_score import Backbones, FidelityOptions, find_baseline, score_store
+from suite.fidelity.score import Backbones, FidelityOptions, find_baseline, score_store
 from suite.results import ResultStore
 
 

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from suite import fidelity as fm
-from suite import fidelity_backbones as fb
-from suite.fidelity_images import IMAGES, image_files, image_source, load_images, write_run_images
+from suite.fidelity import backbones as fb
+from suite.fidelity import metrics as fm
+from suite.fidelity.images import IMAGES, image_files, image_source, load_images, write_run_images
 from suite.results import ResultStore
 
 MATCH = ("workload", "height", "width", "steps", "scheduler", "guidance", "batch", "seed", "dtype")

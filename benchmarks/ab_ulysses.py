@@ -5,7 +5,7 @@ one method only. Here both methods are built on every rank and their denoising l
 (a barrier before each), so both see the same machine; we report the median loop of each, their
 ratio, and the largest difference between their outputs.
 
-    flock /tmp/diffscale-cpu.lock .venv/bin/python reports/exact_cpu/ab_ulysses.py \
+    flock /tmp/diffscale-cpu.lock .venv/bin/python benchmarks/ab_ulysses.py \
         --workload tiny-flux-dev --px 1024 --steps 4 --loops 10
 """
 

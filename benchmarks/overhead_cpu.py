@@ -1,6 +1,6 @@
 """Measure the comm ledger's overhead: denoising loops with the ledger on and off.
 
-    flock /tmp/diffscale-cpu.lock .venv/bin/python reports/overhead_cpu/measure.py \
+    flock /tmp/diffscale-cpu.lock .venv/bin/python benchmarks/overhead_cpu.py \
         [--config configs/perf/overhead_cpu.yaml] [--pairs 8] [--out reports/overhead_cpu]
 
 For each run of the config, every rank of one spawned world builds and parallelizes the
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from suite.comm import Ledger  # noqa: E402
@@ -238,7 +238,7 @@ def write_report(out: Path, config_path, config, pairs, rows, costs, loads) -> N
         "# Instrumentation overhead on CPU: comm ledger on vs off",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with "
-        f"`reports/overhead_cpu/measure.py` on `{config_path}`.",
+        f"`benchmarks/overhead_cpu.py` on `{config_path}`.",
         "",
         f"- machine: {cpu_model()}, {os.cpu_count()} logical cores, shared with other jobs "
         "(runs serialized by a lock file)",

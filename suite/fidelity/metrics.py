@@ -1,7 +1,7 @@
 """Fidelity metrics: what a parallel method does to the images, as DistriFusion and PipeFusion
 measure it ("w.r.t. original model outputs" and "w.r.t. ground truth").
 
-All metrics read 8-bit RGB images in [0, 1] (the run's saved PNGs, see suite.fidelity_images):
+All metrics read 8-bit RGB images in [0, 1] (the run's saved PNGs, see suite.fidelity.images):
 - psnr: per image 10 log10(1 / MSE) with data range 1, mean over images [dB]. Identical images
   have infinite PSNR; it is capped at PSNR_CAP_DB so tables and plots stay finite.
 - ssim: torchmetrics SSIM (Gaussian window 11, sigma 1.5, data range 1), mean over images.

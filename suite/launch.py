@@ -6,7 +6,9 @@ records, None elsewhere) and raise `RunFailed` with the first failing rank's err
 LocalWorld spawns N processes once and feeds them run after run (each rank pays seconds to import
 diffusers, so worlds are reused). A rank that raises reports its traceback; the parent then
 kills the whole world at once (the others may be blocked in a collective) and the next run gets
-a fresh one. A rank that hangs is killed when the run's timeout passes.
+a fresh one. A rank that hangs is killed when the run's timeout passes. A rank killed by a signal
+(the OOM killer's SIGKILL) is named with its signal before whatever its peers then reported.
+Ranks die with the parent however it ends (SIGKILL included), and only the parent gets Ctrl-C.
 
 TorchrunWorld joins a world made by `torchrun` (env://, so multi-node works). After every run
 the ranks meet on the rendezvous store; if any failed, every rank leaves its process group
@@ -17,11 +19,15 @@ under a new store prefix, so the sweep goes on.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as dt
 import json
 import os
 import queue
+import re
+import signal
 import socket
+import sys
 import time
 import traceback
 from contextlib import closing
@@ -44,6 +50,61 @@ class RunSkipped(RuntimeError):
 
 
 _SKIP_MARK = "SKIPPED: "
+_DEATH = re.compile(r"rank \d+ (was killed by signal|exited with code) ")
+_PARENT_POLL_S = 1.0  # how often an idle rank checks that its parent still exists
+_REAP_WAIT_S = 1.0  # how long an error waits for a dying peer's exit status
+
+
+def headline(error: str) -> str:
+    """The one line that sums up a run's error: a rank's death (said first), else the last line
+    (a traceback's exception)."""
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    if not lines:
+        return error
+    return lines[0] if _DEATH.match(lines[0]) else lines[-1]
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this rank when the process that spawned it ends, however it ends (SIGKILL included).
+
+    On Linux the kernel sends SIGKILL at the parent's death, which also reaches a rank stuck in
+    a collective (PR_SET_PDEATHSIG follows the spawning thread: start a LocalWorld from a thread
+    that outlives it). The parent may have died before this call, hence the check after it; an
+    idle rank also polls for its parent (`_local_worker`), the only guard elsewhere.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
+def _peak_rss_bytes(pid: int) -> int | None:
+    """A process's peak resident set (VmHWM, since its last reset by the runner); Linux only."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _total_memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            return int(f.readline().split()[1]) * 1024  # MemTotal: first line, in kB
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _free_port() -> int:
@@ -99,12 +160,28 @@ def emulate(spec: RunSpec, device: torch.device, progress=None) -> list[RankResu
 
 
 def _local_worker(
-    rank, world_size, port, device_type, threads, timeout_s, tasks, results, fake=False
+    rank,
+    world_size,
+    port,
+    device_type,
+    threads,
+    timeout_s,
+    tasks,
+    results,
+    fake=False,
+    parent_pid=None,
 ):
     """Body of one spawned rank: join the world, then run specs until told to stop.
 
     With `fake`, the one process emulates whole worlds (see `emulate`) and joins none.
     """
+    parent_pid = os.getppid() if parent_pid is None else parent_pid
+    _die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group, but the parent owns the world: it kills the ranks.
+    # SIGINT was blocked at spawn (LocalWorld.start), so none arrived during the imports.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         _configure_threads(threads)
         device = torch.device(device_type, rank) if device_type == "cuda" else torch.device("cpu")
@@ -126,7 +203,12 @@ def _local_worker(
         )
         return
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=_PARENT_POLL_S)
+        except queue.Empty:
+            if os.getppid() != parent_pid:  # orphaned: no task will come, and nobody joins us
+                os._exit(1)
+            continue
         if task is None:
             break
         try:
@@ -170,6 +252,8 @@ class LocalWorld:
         self.start_timeout_s = start_timeout_s
         self._procs: list = []
         self._ctx = mp.get_context("spawn")
+        self._peak_rss: dict[int, int] = {}  # rank -> peak resident bytes seen during the task
+        self._next_sample = 0.0
 
     @property
     def alive(self) -> bool:
@@ -187,6 +271,11 @@ class LocalWorld:
         }
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
+        # Children inherit the signal mask: SIGINT stays blocked in a rank until it ignores it
+        # (`_local_worker`), so Ctrl-C during its seconds of imports reaches only the parent.
+        sigmask = hasattr(signal, "pthread_sigmask")
+        if sigmask:
+            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             for rank in range(self.world_size):
                 p = self._ctx.Process(
@@ -201,12 +290,15 @@ class LocalWorld:
                         self._tasks[rank],
                         self._results,
                         self.fake,
+                        os.getpid(),
                     ),
                     daemon=True,
                 )
                 p.start()
                 self._procs.append(p)
         finally:
+            if sigmask:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
@@ -214,31 +306,96 @@ class LocalWorld:
                     os.environ[k] = v
         ready = set()
         deadline = time.monotonic() + self.start_timeout_s
-        while len(ready) < self.world_size:
-            kind, rank, payload = self._next(deadline, "starting the world")
-            if kind == "error":
-                self.kill()
-                raise RunFailed(payload)
-            ready.add(rank)
+        try:
+            while len(ready) < self.world_size:
+                kind, rank, payload = self._next(deadline, "starting the world")
+                if kind == "error":
+                    raise RunFailed(payload)
+                ready.add(rank)
+        except BaseException:  # failed, or Ctrl-C / SIGTERM (suite.cli): no half-started world
+            self.kill()
+            raise
 
     def _next(self, deadline: float, what: str):
+        """The next message from a rank; an error's text names a rank that died of a signal first."""
         while True:
+            self._watch_memory()
             try:
-                return self._results.get(timeout=0.2)
+                kind, rank, payload = self._results.get(timeout=0.2)
             except queue.Empty:
-                dead = [(r, p.exitcode) for r, p in enumerate(self._procs) if not p.is_alive()]
-                if dead:
-                    # A rank may have reported its error just before exiting: prefer that text.
-                    try:
-                        return self._results.get(timeout=1.0)
-                    except queue.Empty:
-                        pass
-                    self.kill()
-                    r, code = dead[0]
-                    raise RunFailed(f"rank {r} exited with code {code} while {what}") from None
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise RunFailed(f"timed out while {what}; the world was killed") from None
+                pass
+            else:
+                if kind == "error":  # a peer's error may be the echo of a rank's death
+                    payload = self._blame_death(what, payload, rank, _REAP_WAIT_S)
+                return kind, rank, payload
+            dead = [(r, p.exitcode) for r, p in enumerate(self._procs) if not p.is_alive()]
+            if dead:
+                # A rank may have reported its error just before exiting: prefer that text,
+                # unless a rank was killed (its peers then only report the broken connection).
+                try:
+                    late = self._results.get(timeout=1.0)
+                except queue.Empty:
+                    late = None
+                if late is not None and late[0] == "error":
+                    return "error", late[1], self._blame_death(what, late[2], late[1], 0.0)
+                message = self._blame_death(what, None, None, 0.0)
+                if message is None and late is not None:
+                    return late
+                self.kill()
+                r, code = dead[0]
+                raise RunFailed(message or f"rank {r} exited with code {code} while {what}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RunFailed(f"timed out while {what}; the world was killed") from None
+
+    def _blame_death(
+        self, what: str, peer_error: str | None, peer: int | None, wait_s: float
+    ) -> str | None:
+        """`peer_error` (from rank `peer`), preceded by a sentence naming another rank that was
+        killed by a signal or exited with a code > 0 without a word, if one did.
+
+        Waits up to `wait_s` for a dying rank to be reaped: its peers may see their connections
+        reset (and report that) a moment before its exit status is known.
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            codes = [p.exitcode for p in self._procs]
+            # the rank that reported the error is not blamed for dying afterwards
+            dead = sorted((c > 0, r, c) for r, c in enumerate(codes) if c and r != peer)
+            if dead or None not in codes or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        if not dead:
+            return peer_error
+        _, r, code = dead[0]  # a signal before an exit code, then the lowest rank
+        if code > 0:
+            sentence = f"rank {r} exited with code {code} while {what}"
+        else:
+            sentence = f"rank {r} was killed by signal {_signal_name(-code)} while {what}"
+        if code == -signal.SIGKILL:
+            sentence += (
+                ": most likely by the kernel's OOM killer (look for 'Killed process' in `dmesg` "
+                "or `journalctl -k`)"
+            )
+            peak, total = self._peak_rss.get(r), _total_memory_bytes()
+            if peak:
+                of = f" of the machine's {total / 1e9:.1f} GB" if total else ""
+                sentence += f"; its resident memory was last seen at {peak / 1e9:.2f} GB{of}"
+        sentence += "."
+        if peer_error:
+            sentence += f"\nWhat the other ranks then reported (a consequence):\n{peer_error}"
+        return sentence
+
+    def _watch_memory(self) -> None:
+        """Sample each rank's peak resident memory (twice a second), to explain an OOM kill."""
+        now = time.monotonic()
+        if now < self._next_sample:
+            return
+        self._next_sample = now + 0.5
+        for r, p in enumerate(self._procs):
+            rss = _peak_rss_bytes(p.pid)
+            if rss:
+                self._peak_rss[r] = max(self._peak_rss.get(r, 0), rss)
 
     def run(self, spec: RunSpec, progress=None) -> list[RankResult]:
         """Run `spec` on every rank; the per-rank results, rank order."""
@@ -255,20 +412,24 @@ class LocalWorld:
         if not self.alive:
             self.kill()
             self.start()
+        self._peak_rss = {}
         for q in self._tasks:
             q.put(task)
         got: dict[int, object] = {}
         deadline = time.monotonic() + timeout_s
-        while len(got) < self.world_size:
-            kind, rank, payload = self._next(deadline, f"running {label}")
-            if kind == "progress":
-                if progress is not None:
-                    progress()
-            elif kind in ("error", "skipped"):
-                self.kill()
-                raise (RunFailed if kind == "error" else RunSkipped)(payload)
-            else:
-                got[rank] = payload
+        try:
+            while len(got) < self.world_size:
+                kind, rank, payload = self._next(deadline, f"running {label}")
+                if kind == "progress":
+                    if progress is not None:
+                        progress()
+                elif kind in ("error", "skipped"):
+                    raise (RunFailed if kind == "error" else RunSkipped)(payload)
+                else:
+                    got[rank] = payload
+        except BaseException:  # failed, or Ctrl-C / SIGTERM (suite.cli): ranks may be mid-task
+            self.kill()
+            raise
         return [got[r] for r in range(self.world_size)]
 
     def kill(self) -> None:
@@ -292,8 +453,11 @@ class LocalWorld:
     def __enter__(self) -> LocalWorld:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # interrupted or failing: no polite 20 s join of ranks that may be mid-task
+            self.kill()
 
 
 class TorchrunWorld:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from suite.results import ResultStore
+from analysis.tables import open_store
 
 # Fields that make a fake run and a real run the same experiment (all but world_mode).
 MATCH = ["workload", "height", "width", "steps", "batch", "scheduler", "guidance", "dtype",
@@ -20,7 +20,7 @@ MATCH = ["workload", "height", "width", "steps", "batch", "scheduler", "guidance
 
 def projections(db_path: str | Path) -> pd.DataFrame:
     """Projection rows joined with their runs' identity and measured latency."""
-    with ResultStore(Path(db_path)) as store:
+    with open_store(db_path) as store:  # read-only
         runs, proj = store.table("runs"), store.table("projection")
     cols = ["run_id", "world_mode", "latency_s", *MATCH]
     out = proj.merge(runs[cols], on="run_id", suffixes=("", "_measured"))
@@ -34,7 +34,7 @@ def projections(db_path: str | Path) -> pd.DataFrame:
 
 def validation(db_path: str | Path, source: str) -> pd.DataFrame:
     """Fake-world runs projected on the `source` profile beside the matching real runs' latency."""
-    with ResultStore(Path(db_path)) as store:
+    with open_store(db_path) as store:  # read-only
         runs, proj = store.table("runs"), store.table("projection")
     proj = proj[proj["hardware"] == source]
     fake = runs[(runs["world_mode"] == "fake") & (runs["status"] == "ok")].merge(

@@ -28,12 +28,9 @@ BASELINE_STRATEGY = "none"
 
 
 def open_store(db_path: str | Path) -> ResultStore:
-    """Open an existing store; FileNotFoundError if there is none at `db_path`."""
-    path = Path(db_path)
-    # ResultStore would create an empty store at a mistyped path; a reader should not.
-    if not path.is_file():
-        raise FileNotFoundError(f"No results store at {path}.")
-    return ResultStore(path)
+    """Open an existing store read-only (nothing created, migrated or written); StoreError if
+    there is none at `db_path` or it is not a usable store (suite.results)."""
+    return ResultStore(Path(db_path), read_only=True)
 
 
 def read_table(db: str | Path | ResultStore, name: str) -> pd.DataFrame:
@@ -65,14 +62,27 @@ def load_runs(db: str | Path | ResultStore) -> pd.DataFrame:
     return df
 
 
-def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
-    """Add `speedup` (baseline latency_s / latency_s) and `efficiency_pct` (100 * speedup / ranks).
+def data_degree(degrees: object) -> int:
+    """Degree of the data axis from `degrees` as stored (JSON) or as `load_runs` shows it
+    ('data=2, cfg=2'); 1 when there is no data axis or the value cannot be read."""
+    value = degrees
+    if isinstance(degrees, str):
+        try:
+            value = json.loads(degrees)
+        except ValueError:
+            value = dict(p.split("=", 1) for p in degrees.split(",") if "=" in p)
+            value = {k.strip(): v.strip() for k, v in value.items()}
+    if not isinstance(value, dict):
+        return 1
+    try:
+        return max(1, int(value.get("data", 1)))
+    except (TypeError, ValueError):
+        return 1
 
-    The baseline of a run is the ok run with strategy 'none' on one rank with equal
-    `BASELINE_KEY` values; several matching baselines (repeated sweeps) count by their median
-    latency. Runs without a baseline, and failed runs, get NaN.
-    """
-    out = df.copy()
+
+def _baseline_latency(df: pd.DataFrame, key: pd.DataFrame) -> np.ndarray:
+    """Per row of `key` (BASELINE_KEY columns): median latency_s of the ok single-device runs
+    (strategy 'none', 1 rank) of `df` with equal values; NaN where there is none."""
     is_base = (
         (df["status"] == "ok")
         & (df["strategy"] == BASELINE_STRATEGY)
@@ -86,16 +96,51 @@ def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
         .rename("_baseline_latency_s")
         .reset_index()
     )
-    # A left merge on the key keeps df's row order; NaN keys (e.g. no seed) match each other.
-    merged = out[BASELINE_KEY].merge(base, on=BASELINE_KEY, how="left")
-    baseline = merged["_baseline_latency_s"].to_numpy(dtype=float)
+    # A left merge on the key keeps the rows' order; NaN keys (e.g. no seed) match each other.
+    # The batch compares as float: a per-rank batch is computed, the stored one an integer.
+    key = key[BASELINE_KEY].astype({"batch": "float64"})
+    merged = key.merge(base.astype({"batch": "float64"}), on=BASELINE_KEY, how="left")
+    return merged["_baseline_latency_s"].to_numpy(dtype=float)
+
+
+def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
+    """Add `speedup` (baseline latency_s / latency_s), `efficiency_pct` (100 * speedup / ranks)
+    and the per-rank-work comparison of data-parallel runs.
+
+    The baseline of a run is the ok run with strategy 'none' on one rank with equal
+    `BASELINE_KEY` values; several matching baselines (repeated sweeps) count by their median
+    latency. Runs without a baseline, and failed runs, get NaN.
+
+    Efficiency above 100% is possible and not free speed: with data parallelism each rank runs
+    batch / data images, a smaller working set that may fit in cache, or get other kernels. So
+    for runs with a data axis of degree d > 1 dividing the batch: `per_rank_batch` = batch / d,
+    `baseline_per_rank_work_s` = the single-device latency at that batch (same key otherwise;
+    NaN when no such run is stored) and `efficiency_per_rank_work_pct` = 100 *
+    baseline_per_rank_work_s / (latency_s * world_size / d): the efficiency against a device
+    doing one data-parallel group's share of the work. Other runs get NA / NaN there.
+    """
+    out = df.copy()
+    baseline = _baseline_latency(df, out)
     latency = out["latency_s"].to_numpy(dtype=float)
     ok = (out["status"] == "ok").to_numpy(dtype=bool)
+    world = out["world_size"].to_numpy(dtype=float, na_value=np.nan)
+    data = out["degrees"].map(data_degree).to_numpy(dtype=int)
+    batch = out["batch"].to_numpy(dtype=float, na_value=np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         speedup = np.where(ok & (latency > 0), baseline / latency, np.nan)
-        world = out["world_size"].to_numpy(dtype=float, na_value=np.nan)
         out["speedup"] = speedup
         out["efficiency_pct"] = 100.0 * speedup / world
+        per_rank = batch / data
+        applies = ok & (data > 1) & (per_rank >= 1) & (per_rank == np.floor(per_rank))
+        out["per_rank_batch"] = pd.array(
+            np.where(applies, per_rank, np.nan), dtype="Float64"
+        ).astype("Int64")
+        key = out[BASELINE_KEY].assign(batch=np.where(applies, per_rank, np.nan))
+        per_rank_base = np.where(applies, _baseline_latency(df, key), np.nan)
+        out["baseline_per_rank_work_s"] = per_rank_base
+        out["efficiency_per_rank_work_pct"] = np.where(
+            latency > 0, 100.0 * per_rank_base * data / (latency * world), np.nan
+        )
     return out
 
 
@@ -103,12 +148,13 @@ def comm_by_op(db: str | Path | ResultStore) -> pd.DataFrame:
     """Per run, op and mesh axis: the comm table's per-step numbers, mean over the ranks with rows.
 
     Columns: run_id, workload, strategy, world_size, op, axis, ranks (ranks with rows),
-    calls_per_step, bytes_per_step, time_s, exposed_s (per step, seconds), and
+    calls_per_step, bytes_per_step, time_s (summed call durations), inflight_s (time a call was
+    in flight; NaN for rows stored before it existed), exposed_s (per step, seconds), and
     algbw_gb_per_s = bytes_per_step / time_s / 1e9 (nccl-tests' algorithm bandwidth).
     """
     comm = read_table(db, "comm")
     runs = read_table(db, "runs")[["run_id", "workload", "strategy", "world_size"]]
-    values = ["calls_per_step", "bytes_per_step", "time_s", "exposed_s"]
+    values = ["calls_per_step", "bytes_per_step", "time_s", "inflight_s", "exposed_s"]
     grouped = comm.groupby(["run_id", "op", "axis"], dropna=False, sort=True)
     out = grouped[values].mean()
     out.insert(0, "ranks", grouped["rank"].nunique())

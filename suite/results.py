@@ -1,24 +1,53 @@
-"""The results store: one SQLite file holding every table of `suite.schema`.
+"""The results store: one SQLite file holding every table of `suite.schema`, and its directory.
 
 One run is saved in one transaction (its `runs` row with its `comm` and `rank_steps` rows), so a
 crash mid-sweep loses at most the run in flight. The file uses WAL journaling so a report can
 read it while a sweep writes. CSV / Parquet export writes one file per table.
+
+What keeps the store trustworthy when processes crash or meet:
+- creation is atomic: the schema is built in a temporary file beside the store and linked into
+  place, so a reader, or a crash, sees no file or a complete store, never a file without tables;
+- one writer per results directory: `DirectoryLock` (flock on DIR/.lock; the kernel drops it
+  when its process dies, so it is never stale) is held by a sweep and by `diffscale fidelity` /
+  `project`; a second writer gets StoreBusyError naming the holder;
+- a run's files are written to runs/.pending-<run_id> and moved to runs/<run_id> only after its
+  row commits (`pending_run_dir`, `place_run_dir`); `recover_run_dirs` settles what a crash
+  between the two left, so files on disk never disagree with the rows;
+- readers open read-only (`read_only=True`: sqlite's mode=ro, no schema or column writes); a file
+  that is not a usable store (empty, not SQLite, damaged, no `runs` table) raises StoreError
+  with the path, what is wrong and what to do.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
+import socket
 import sqlite3
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 
 from suite import schema
+from suite.store_dir import (  # noqa: F401 - re-exported: the store's errors and directory
+    LOCK_FILE,
+    PENDING_PREFIX,
+    DirectoryLock,
+    StoreBusyError,
+    StoreError,
+    StoreMissingError,
+    pending_run_dir,
+    place_run_dir,
+)
 
 EXPORT_FORMATS = ("csv", "parquet")
 RUN_STATUSES = ("ok", "failed", "skipped")
@@ -29,6 +58,7 @@ _TEXT_DTYPE: Any = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
 _DTYPES: dict[str, Any] = {"TEXT": _TEXT_DTYPE, "INTEGER": "Int64", "REAL": "float64"}
 # Seconds a second process waits for the write lock before sqlite gives up.
 _LOCK_TIMEOUT_S = 60.0
+_SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 
 @dataclass
@@ -92,28 +122,174 @@ def _create_sql(name: str, columns: tuple[schema.Column, ...]) -> list[str]:
     return sql
 
 
+# -- opening and creating the file ----------------------------------------------------------
+
+_MOVE_AWAY = "move it away (a new sweep then starts a new store) or restore it from a backup"
+
+
+def _check_file(path: Path) -> None:
+    """StoreError unless `path` exists and starts like an SQLite database (read, never written)."""
+    if not path.is_file():
+        raise StoreMissingError(
+            f"no results database at {path} (give the results directory of a run)."
+        )
+    with open(path, "rb") as f:
+        head = f.read(len(_SQLITE_MAGIC))
+    if not head:
+        raise StoreError(
+            f"{path} is empty (0 bytes), not a results database: an older diffscale killed "
+            "while creating its store leaves such a file. Delete it, or run the sweep again "
+            "(`diffscale run` replaces an empty store)."
+        )
+    if head != _SQLITE_MAGIC:
+        raise StoreError(
+            f"{path} is not a results database: it does not start with the SQLite header "
+            f"(damaged, or another kind of file); {_MOVE_AWAY}."
+        )
+
+
+def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
+    """A connection that never creates the file (URI mode=ro / mode=rw)."""
+    uri = f"file:{quote(str(path))}?mode={'ro' if read_only else 'rw'}"
+    # isolation_level=None: we issue BEGIN / COMMIT ourselves so one run is one transaction.
+    return sqlite3.connect(uri, uri=True, timeout=_LOCK_TIMEOUT_S, isolation_level=None)
+
+
+def _is_busy(e: sqlite3.Error) -> bool:
+    return isinstance(e, sqlite3.OperationalError) and any(w in str(e) for w in ("locked", "busy"))
+
+
+def _validated_tables(conn: sqlite3.Connection, path: Path) -> dict[str, set[str]]:
+    """{table: its columns} of a healthy diffscale store; StoreError otherwise. Reads only."""
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()  # "file is not a database" here
+        # quick_check reads every page (not the index-vs-table cross checks): a truncated or
+        # damaged file is caught here, not halfway through a report.
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        tables = {n: {r[1] for r in conn.execute(f'PRAGMA table_info("{n}")')} for n in names}
+    except sqlite3.DatabaseError as e:
+        if _is_busy(e):
+            raise
+        # DatabaseError proper is SQLITE_CORRUPT / NOTADB; its subclasses are other failures.
+        what = "a damaged SQLite database" if type(e) is sqlite3.DatabaseError else "unreadable"
+        raise StoreError(f"{path} is {what} ({e}); {_MOVE_AWAY}.") from e
+    if problems != ["ok"]:
+        raise StoreError(
+            f"{path} is a damaged SQLite database (integrity check: {'; '.join(problems)}); "
+            f"{_MOVE_AWAY}."
+        )
+    if "runs" not in tables:
+        found = ", ".join(sorted(tables)) or "none"
+        raise StoreError(
+            f"{path} is an SQLite database but not a diffscale results store (no 'runs' "
+            f"table; its tables: {found}). Give the results directory of a diffscale run, or "
+            "move this file away."
+        )
+    return tables
+
+
+def _create_store(path: Path) -> None:
+    """Create a complete, empty store at `path`, atomically: the schema is built in a temporary
+    file in the same directory, switched to WAL, and then linked into place. A reader (or a
+    crash at any point) sees either no file at `path` or a complete store; a store another
+    process created meanwhile is kept (link never overwrites), so its rows cannot be lost."""
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.creating")
+    _remove_sqlite_files(tmp)
+    try:
+        conn = sqlite3.connect(str(tmp), isolation_level=None)
+        try:
+            conn.execute("BEGIN")
+            for name, columns in schema.TABLES.items():
+                for sql in _create_sql(name, columns):
+                    conn.execute(sql)
+            conn.execute("COMMIT")
+            # WAL lets readers (reports, a resumed sweep) open the file while a writer commits;
+            # the mode is stored in the file, so it is set before the file becomes visible.
+            conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()  # checkpoints: the temporary file alone holds the whole store
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another opener created it first: use theirs
+        except OSError as e:  # a file system without hard links: no-clobber is then best effort
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            if not path.exists():
+                os.replace(tmp, path)
+    finally:
+        _remove_sqlite_files(tmp)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temporary files of creators on this host that were killed (their pid is gone)."""
+    for tmp in path.parent.glob(f".{path.name}.{socket.gethostname()}.*.creating"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _remove_sqlite_files(tmp)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
+def _remove_sqlite_files(path: Path) -> None:
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 class ResultStore:
     """SQLite store of runs and their per-rank traces (see `suite.schema` for the columns)."""
 
-    def __init__(self, path: str | Path) -> None:
-        """Open or create the store at `path`; parent directories are created."""
+    def __init__(
+        self, path: str | Path, *, read_only: bool = False, replace_empty: bool = False
+    ) -> None:
+        """Open the store at `path`, creating it (and its parent directories) if there is none.
+
+        `read_only`: open an existing store for reading only (sqlite mode=ro): nothing is created
+        or migrated, nothing is ever written. `replace_empty`: a 0-byte file (left by an older
+        diffscale killed while creating the store) is taken as no store and replaced, said on
+        stderr; only for a sweep, under the directory lock. Anything at `path` that is not a
+        usable store raises StoreError.
+        """
         self._path = Path(path).resolve()
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN / COMMIT ourselves so one run is one transaction.
-        self._conn = sqlite3.connect(str(self._path), timeout=_LOCK_TIMEOUT_S, isolation_level=None)
-        # WAL lets readers (reports, a resumed sweep) open the file while a writer commits.
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        existing = {
-            r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-        }
+        self._read_only = read_only
+        if not read_only:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            if replace_empty and self._path.is_file() and self._path.stat().st_size == 0:
+                print(
+                    f"note: {self._path} is empty (0 bytes, left by a crash while an older "
+                    "diffscale created it): taken as no store, a new one is created",
+                    file=sys.stderr,
+                )
+                self._path.unlink()
+            _remove_stale_temps(self._path)
+            if not self._path.exists():
+                _create_store(self._path)
+        _check_file(self._path)
+        # Checked on a read-only connection first: nothing is written into a file that turns
+        # out not to be a healthy store (not even a journal-mode change or a checkpoint).
+        check = _connect(self._path, read_only=True)
+        try:
+            self._columns = _validated_tables(check, self._path)
+        finally:
+            check.close()
+        self._conn = _connect(self._path, read_only)
+        if read_only:
+            return
+        self._conn.execute("PRAGMA journal_mode=WAL")  # stores created before WAL was the rule
         # Only take the write lock when something is missing: opening a complete store to read
         # it must not wait for a sweep's transaction in flight.
-        if not set(schema.TABLES) <= existing:
+        if not set(schema.TABLES) <= set(self._columns):
             with self._transaction():
                 for name, columns in schema.TABLES.items():
                     for sql in _create_sql(name, columns):
                         self._conn.execute(sql)
-        self._add_new_columns(existing)
+        self._add_new_columns(set(self._columns))
+        self._columns = {name: set(schema.column_names(name)) for name in schema.TABLES}
 
     def _add_new_columns(self, existing: set[str]) -> None:
         """Columns the schema gained since an existing store was created: added empty, so
@@ -153,10 +329,49 @@ class ResultStore:
             raise
         self._conn.execute("COMMIT")
 
+    @property
+    def read_only(self) -> bool:
+        """Opened with `read_only=True`: every write raises."""
+        return self._read_only
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Rows of a query; a store found damaged only now raises StoreError too."""
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as e:
+            if type(e) is not sqlite3.DatabaseError:
+                raise  # OperationalError & co.: not damage (busy, a bad query)
+            raise StoreError(
+                f"{self._path} is a damaged SQLite database ({e}); {_MOVE_AWAY}."
+            ) from e
+
     def done_run_ids(self) -> set[str]:
         """run_ids stored with status 'ok' (the runs a resumed sweep skips)."""
-        rows = self._conn.execute("SELECT run_id FROM runs WHERE status = 'ok'").fetchall()
-        return {r[0] for r in rows}
+        return {r[0] for r in self._read("SELECT run_id FROM runs WHERE status = 'ok'")}
+
+    def recover_run_dirs(self) -> list[str]:
+        """Settle the run directories an interrupted writer left; one note per directory.
+
+        runs/.pending-<run_id> of a run stored ok (a crash between its commit and the move) is
+        moved into place; of any other run it is deleted (the run was not stored, or not ok).
+        Call it holding the directory lock: a live writer's pending directory looks the same.
+        """
+        if self._read_only:
+            raise StoreError(f"{self._path} is open read-only; run directories are not touched.")
+        runs_dir = self.root / "runs"
+        if not runs_dir.is_dir():
+            return []
+        ok = dict(self._read("SELECT run_id, output_dir FROM runs WHERE status = 'ok'"))
+        notes = []
+        for pending in sorted(runs_dir.glob(PENDING_PREFIX + "*")):
+            run_id = pending.name[len(PENDING_PREFIX) :]
+            if ok.get(run_id):
+                place_run_dir(self.root, run_id, ok[run_id])
+                notes.append(f"run {run_id}: stored ok, its files moved into {ok[run_id]}")
+            else:
+                shutil.rmtree(pending)
+                notes.append(f"run {run_id}: not stored ok, its unfinished files removed")
+        return notes
 
     def save(self, record: RunRecord) -> None:
         """Store one run with its comm and rank_steps rows, all or nothing.
@@ -244,15 +459,18 @@ class ResultStore:
     def table(self, name: str) -> pd.DataFrame:
         """The whole table `name` in insertion order, columns in schema order, typed."""
         columns = _check_table(name)
-        cur = self._conn.execute(
-            f"SELECT {', '.join(c.name for c in columns)} FROM {name} ORDER BY rowid"
-        )
-        rows = cur.fetchall()
+        # A store opened read-only may predate a table or column: those read empty (NULL).
+        have = [c.name for c in columns if c.name in self._columns.get(name, ())]
+        rows = self._read(f"SELECT {', '.join(have)} FROM {name} ORDER BY rowid") if have else []
+        at = {col: i for i, col in enumerate(have)}
         # Built column by column so empty tables and all-NULL columns still get their dtype.
         return pd.DataFrame(
             {
-                c.name: pd.Series([r[i] for r in rows], dtype=_DTYPES[c.sql_type])
-                for i, c in enumerate(columns)
+                c.name: pd.Series(
+                    [r[at[c.name]] if c.name in at else None for r in rows],
+                    dtype=_DTYPES[c.sql_type],
+                )
+                for c in columns
             }
         )
 

@@ -176,9 +176,19 @@ def is_baseline(run: pd.Series) -> bool:
     return run["strategy"] == "none" and int(run["world_size"]) == 1
 
 
+def _real(runs: pd.DataFrame) -> pd.Series:
+    """Rows of runs with images: a fake world's outputs are not the model's (never scored)."""
+    return (runs["world_mode"] != "fake").fillna(True).astype(bool)
+
+
 def find_baseline(runs: pd.DataFrame, run: pd.Series) -> pd.Series | None:
     """The baseline row of `run` in `runs` (see the module docstring), or None."""
-    ok = runs[(runs["status"] == "ok") & (runs["strategy"] == "none") & (runs["world_size"] == 1)]
+    ok = runs[
+        (runs["status"] == "ok")
+        & (runs["strategy"] == "none")
+        & (runs["world_size"] == 1)
+        & _real(runs)
+    ]
     ok = ok[ok["run_id"] != run["run_id"]]
     for col in MATCH:
         ok = ok[ok[col] == run[col]]
@@ -244,15 +254,50 @@ def score_store(
     backbones: Backbones | None = None,
     rescore: bool = False,
 ) -> list[str]:
-    """Score every ok run of the store (only runs without fidelity rows unless `rescore`)."""
+    """Score every ok run of the store (only runs without fidelity rows unless `rescore`);
+    fake-world runs are never scored."""
     options = options or FidelityOptions()
     backbones = backbones or Backbones(options)
     runs = store.table("runs")
     have = set(store.table("fidelity")["run_id"])
     notes = []
-    for _, run in runs[runs["status"] == "ok"].iterrows():
+    for _, run in runs[(runs["status"] == "ok") & _real(runs)].iterrows():
         if rescore or run["run_id"] not in have:
             notes += score_run(store, run["run_id"], options, backbones, runs)
+    return notes
+
+
+def unscored_runs(store: ResultStore, options: FidelityOptions | None = None) -> list[str]:
+    """run_ids of ok real-world runs lacking fidelity rows they can have: 'original' when their
+    baseline is in the store, 'ground_truth' when `options.reference` is set."""
+    options = options or FidelityOptions()
+    runs, fid = store.table("runs"), store.table("fidelity")
+    have = set(zip(fid["run_id"], fid["reference"], strict=True))
+    todo = []
+    for _, run in runs[(runs["status"] == "ok") & _real(runs)].iterrows():
+        want = [GROUND_TRUTH] if options.reference else []
+        if not is_baseline(run) and find_baseline(runs, run) is not None:
+            want.append(ORIGINAL)
+        if any((run["run_id"], ref) not in have for ref in want):
+            todo.append(run["run_id"])
+    return todo
+
+
+def score_missing(store: ResultStore, options: FidelityOptions | None = None) -> list[str]:
+    """Score `unscored_runs` (a sweep killed between a run's row and its scores left them out);
+    a sweep calls it at its start and end. Returns notes; never raises."""
+    options = options or FidelityOptions()
+    backbones = _HOOK_BACKBONES.setdefault(options, Backbones(options))
+    try:
+        todo, runs = unscored_runs(store, options), store.table("runs")
+    except Exception as e:  # noqa: BLE001 - reported, the sweep goes on
+        return [f"warning: unscored runs not found: {type(e).__name__}: {e}"]
+    notes = []
+    for run_id in todo:
+        try:
+            notes += score_run(store, run_id, options, backbones, runs)
+        except Exception as e:  # noqa: BLE001 - fidelity must not fail or lose a measured run
+            notes.append(f"warning: {run_id} not scored: {type(e).__name__}: {e}")
     return notes
 
 
@@ -267,6 +312,8 @@ def score_after_record(store: ResultStore, spec, options: FidelityOptions | None
     try:
         runs = store.table("runs")
         run = runs[runs["run_id"] == spec.run_id].iloc[0]
+        if run["world_mode"] == "fake":
+            return  # no images: the emulated ranks' outputs are not the model's
         run_images(store, run, spec)
         targets = [spec.run_id]
         if is_baseline(run):
@@ -297,6 +344,8 @@ __all__ = [
     "compare_reference",
     "find_baseline",
     "score_after_record",
+    "score_missing",
     "score_run",
     "score_store",
+    "unscored_runs",
 ]

@@ -188,3 +188,314 @@ def test_store_from_an_older_schema_gains_new_columns_and_keeps_its_rows(tmp_pat
         record.run["buffer_bytes_per_rank"] = 1024
         s.save(record)
         assert s.table("runs").set_index("run_id").loc["b", "buffer_bytes_per_rank"] == 1024
+
+
+# -- atomic creation -------------------------------------------------------------------------
+
+
+class _Crash(BaseException):
+    """A process killed at this point: nothing after it runs (not even `finally` cleanups,
+    which the tests switch off too)."""
+
+
+def _complete(path) -> bool:
+    """The file at `path` is a store with every table (read-only look, nothing written)."""
+    with ResultStore(path, read_only=True) as s:
+        return all(
+            list(s.table(name).columns) == schema.column_names(name) for name in schema.TABLES
+        )
+
+
+@pytest.mark.parametrize("point", ["schema", "wal", "link", "after_link"])
+def test_creation_killed_at_any_point_leaves_no_file_or_a_complete_store(
+    tmp_path, monkeypatch, point
+):
+    import os
+    import subprocess
+    import sys
+
+    import suite.results as results
+
+    path = tmp_path / "results.db"
+    real_create_sql, real_link = results._create_sql, os.link
+    calls = []
+
+    def create_sql(name, columns):  # dies while the tables are being built
+        calls.append(name)
+        if len(calls) == 3:
+            raise _Crash
+        return real_create_sql(name, columns)
+
+    def link(src, dst):
+        if point == "after_link":
+            real_link(src, dst)
+        raise _Crash
+
+    class Conn:  # dies on switching to WAL, after the schema committed in the temporary file
+        def __init__(self, conn):
+            self._conn = conn
+
+        def execute(self, sql, *a):
+            if "journal_mode" in sql:
+                raise _Crash
+            return self._conn.execute(sql, *a)
+
+        def close(self):
+            self._conn.close()
+
+    if point == "schema":
+        monkeypatch.setattr(results, "_create_sql", create_sql)
+    elif point == "wal":
+        real_connect = results.sqlite3.connect
+        monkeypatch.setattr(results.sqlite3, "connect", lambda *a, **k: Conn(real_connect(*a, **k)))
+    else:
+        monkeypatch.setattr(results.os, "link", link)
+    monkeypatch.setattr(results, "_remove_sqlite_files", lambda p: None)  # no cleanup when killed
+    with pytest.raises(_Crash):
+        ResultStore(path)
+    monkeypatch.undo()
+    # What a reader sees after the crash: no store, or a complete one; never a schema-less file.
+    if point == "after_link":
+        assert _complete(path)
+    else:
+        assert not path.exists()
+    # The killed creator's temporary file, as if of a process now gone: the next opener creates
+    # (or opens) the store, removes it, and the store works.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    for tmp in tmp_path.glob("*.creating*"):
+        tmp.rename(tmp.with_name(tmp.name.replace(f".{os.getpid()}.", f".{dead.stdout.strip()}.")))
+    with ResultStore(path) as s:
+        s.save(_record("a"))
+        assert s.done_run_ids() == {"a"}
+    assert [p.name for p in tmp_path.iterdir() if "creating" in p.name] == []
+
+
+def test_creation_keeps_a_store_another_process_created_meanwhile(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import suite.results as results
+
+    path = tmp_path / "results.db"
+    real_link = os.link
+
+    def link(src, dst):  # another process wins the race and already stored a row
+        code = (
+            "from suite.results import ResultStore; "
+            f"ResultStore({str(path)!r}).save_rows('projection', [{{'run_id': 'theirs'}}])"
+        )
+        env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        subprocess.run([sys.executable, "-c", code], check=True, env=env)
+        real_link(src, dst)
+
+    monkeypatch.setattr(results.os, "link", link)
+    with ResultStore(path) as s:  # their store (and row) kept, not overwritten
+        assert list(s.table("projection")["run_id"]) == ["theirs"]
+
+
+def test_new_store_is_wal_and_created_with_its_parent(tmp_path):
+    path = tmp_path / "a" / "b" / "results.db"
+    ResultStore(path).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["results.db"]
+
+
+# -- what is not a store ---------------------------------------------------------------------
+
+
+def _damaged(kind: str, tmp_path) -> bytes:
+    """The bytes of a results.db damaged in one way."""
+    import os
+
+    good = tmp_path / f"good-{kind}.db"
+    good.unlink(missing_ok=True)
+    with ResultStore(good) as s:
+        for i in range(40):  # a few pages, so that a truncated copy misses some
+            s.save(_record(f"r{i}", n=4))
+    data = good.read_bytes()
+    if kind == "truncated":
+        return data[: len(data) // 2]
+    if kind == "random":
+        return os.urandom(8192)
+    if kind == "header":
+        return b"\0" * 16 + data[16:]
+    if kind == "empty":
+        return b""
+    if kind == "foreign":
+        other = tmp_path / "foreign.db"
+        other.unlink(missing_ok=True)
+        with sqlite3.connect(other) as conn:
+            conn.execute("CREATE TABLE notes (text TEXT)")
+        return other.read_bytes()
+    raise ValueError(kind)
+
+
+DAMAGE = {
+    "truncated": "damaged SQLite database",
+    "random": "does not start with the SQLite header",
+    "header": "does not start with the SQLite header",
+    "empty": r"empty \(0 bytes\)",
+    "foreign": "not a diffscale results store",
+}
+
+
+@pytest.mark.parametrize("read_only", [True, False], ids=["ro", "rw"])
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_unusable_file_raises_store_error_and_is_left_unchanged(tmp_path, kind, read_only):
+    from suite.results import StoreError
+
+    path = tmp_path / "results.db"
+    path.write_bytes(_damaged(kind, tmp_path))
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=DAMAGE[kind]) as e:
+        ResultStore(path, read_only=read_only)
+    assert str(path) in str(e.value) and e.value.exit_code == 3
+    assert path.read_bytes() == before
+
+
+def test_empty_file_is_replaced_only_when_asked(tmp_path, capsys):
+    from suite.results import StoreError
+
+    path = tmp_path / "results.db"
+    path.write_bytes(b"")
+    with pytest.raises(StoreError, match="0 bytes"):
+        ResultStore(path)
+    with ResultStore(path, replace_empty=True) as s:  # what a sweep does, under its lock
+        s.save(_record("a"))
+    assert "empty (0 bytes" in capsys.readouterr().err
+    with ResultStore(path, replace_empty=True) as s:  # a store with rows is never replaced
+        assert s.done_run_ids() == {"a"}
+
+
+# -- read-only opening -----------------------------------------------------------------------
+
+
+def test_read_only_open_never_creates_or_writes(tmp_path):
+    from suite.results import StoreError
+
+    missing = tmp_path / "nope" / "results.db"
+    with pytest.raises(StoreError, match="no results database") as e:
+        ResultStore(missing, read_only=True)
+    assert isinstance(e.value, FileNotFoundError) and not missing.parent.exists()
+
+    path = tmp_path / "results.db"
+    with ResultStore(path) as s:
+        s.save(_record("a"))
+    before = path.read_bytes()
+    with ResultStore(path, read_only=True) as ro:
+        assert ro.read_only and ro.done_run_ids() == {"a"}
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            ro.save(_record("b"))
+        with pytest.raises(StoreError, match="read-only"):
+            ro.recover_run_dirs()
+    assert path.read_bytes() == before
+
+
+def test_read_only_open_of_an_older_schema_reads_missing_parts_empty(tmp_path):
+    path = tmp_path / "old.db"
+    with ResultStore(path) as s:
+        s.save(_record("a"))
+        s.save_rows("projection", [{"run_id": "a", "hardware": "h100", "latency_s": 1.0}])
+    with sqlite3.connect(path) as conn:  # a store written before this column and table existed
+        conn.execute("ALTER TABLE runs DROP COLUMN buffer_bytes_per_rank")
+        conn.execute("DROP TABLE projection")
+    before = path.read_bytes()
+    with ResultStore(path, read_only=True) as ro:
+        runs = ro.table("runs")
+        assert list(runs.columns) == schema.column_names("runs")
+        assert list(runs["run_id"]) == ["a"] and runs["buffer_bytes_per_rank"].isna().all()
+        assert ro.table("projection").empty
+        assert str(ro.table("projection")["latency_s"].dtype) == "float64"
+    assert path.read_bytes() == before  # no migration written by a reader
+    with ResultStore(path) as s:  # a writer migrates
+        assert s.table("projection").empty
+
+
+# -- a run's files: pending until its row commits --------------------------------------------
+
+
+def test_pending_dir_is_fresh_and_placed_over_a_stale_dir(tmp_path):
+    from suite.results import pending_run_dir, place_run_dir
+
+    old = pending_run_dir(tmp_path, "a")
+    (old / "latents.pt").write_text("an earlier try")
+    pending = pending_run_dir(tmp_path, "a")
+    assert pending == tmp_path / "runs" / ".pending-a" and list(pending.iterdir()) == []
+    (pending / "trace.npz").write_text("new")
+    stale = tmp_path / "runs" / "a"
+    stale.mkdir()
+    (stale / "latents.pt").write_text("of a try never stored ok")
+    final = place_run_dir(tmp_path, "a", "runs/a")
+    assert final == stale and sorted(p.name for p in final.iterdir()) == ["trace.npz"]
+    assert not pending.exists()
+
+
+def test_recover_run_dirs_settles_what_a_crash_left(store):
+    from suite.results import pending_run_dir
+
+    root = store.root
+    ok = _record("ok")
+    ok.run["output_dir"] = "runs/ok"
+    store.save(ok)
+    store.save(_record("failed", status="failed", latency_s=None))
+    (root / "runs" / "ok").mkdir(parents=True)
+    (root / "runs" / "ok" / "trace.npz").write_text("stale: an older try")
+    for run_id in ("ok", "failed", "unknown"):  # killed after (ok) or before its commit
+        (pending_run_dir(root, run_id) / "trace.npz").write_text(f"{run_id} pending")
+    notes = store.recover_run_dirs()
+    assert len(notes) == 3 and any("moved into runs/ok" in n for n in notes)
+    assert sorted(p.name for p in (root / "runs").iterdir()) == ["ok"]
+    assert (root / "runs" / "ok" / "trace.npz").read_text() == "ok pending"
+    assert store.recover_run_dirs() == []
+
+
+# -- the directory lock ----------------------------------------------------------------------
+
+
+def test_directory_lock_refuses_a_second_writer_and_names_the_holder(tmp_path):
+    import json
+    import os
+
+    from suite.results import DirectoryLock, StoreBusyError
+
+    with DirectoryLock(tmp_path, command="diffscale run exp.yaml") as lock:
+        holder = json.loads(lock.path.read_text())
+        assert holder["pid"] == os.getpid() and holder["command"] == "diffscale run exp.yaml"
+        with pytest.raises(StoreBusyError) as e:
+            DirectoryLock(tmp_path).acquire()
+        assert f"pid {os.getpid()}" in str(e.value) and "diffscale run exp.yaml" in str(e.value)
+        assert str(tmp_path) in str(e.value) and e.value.exit_code == 4
+    with DirectoryLock(tmp_path):  # released: the next writer gets it
+        pass
+
+
+def test_directory_lock_dies_with_its_process(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from suite.results import DirectoryLock, StoreBusyError
+
+    root = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from suite.results import DirectoryLock; "
+         f"DirectoryLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); "
+         "time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(root)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreBusyError, match=f"pid {holder.pid} "):
+            DirectoryLock(tmp_path).acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)  # no cleanup runs: the kernel drops the flock
+        holder.wait()
+    with DirectoryLock(tmp_path):
+        pass

@@ -8,9 +8,16 @@ The per-step and per-op numbers come from the stored rank_steps and comm tables;
 view reads each run's runs/<run_id>/trace.npz (the ledger's raw events), and skips runs
 without one.
 
-Definitions (ARCHITECTURE.md, Timing semantics): exposed_comm_s is time a rank was blocked on
-communication; overlapped_comm_s = comm_s - exposed_comm_s is communication hidden behind
-compute; overlap_pct = 100 * (1 - exposed_comm_s / comm_s), NaN without communication.
+Definitions (ARCHITECTURE.md, Timing semantics; suite.record computes them): comm_s is the time
+a rank had at least one collective in flight (the union of the ops' intervals within the step),
+exposed_comm_s the time it was blocked on communication (the union of its waits within the
+step), so exposed_comm_s <= comm_s <= step_s; overlapped_comm_s = comm_s - exposed_comm_s is
+communication hidden behind compute and never exceeds compute_s = step_s - exposed_comm_s;
+overlap_pct = 100 * (1 - exposed_comm_s / comm_s), NaN without communication. op_time_s sums
+the ops' durations instead (concurrent ops each counted): an upper bound, not part of the
+breakdown. Per op / axis / layer, inflight_s is the union over that group's calls and time_s
+their summed durations. Runs stored before the union columns existed (op_time_s, inflight_s
+empty) hold the summed durations in comm_s; their per-op overlap falls back to time_s.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import pandas as pd
 
 from analysis.tables import load_runs, open_store, read_table
 from suite.comm import OPS
+from suite.intervals import covered_s, inflight_intervals
 from suite.mesh import AXES
 from suite.results import ResultStore
 
@@ -102,16 +110,16 @@ def step_breakdown(db: str | Path | ResultStore) -> pd.DataFrame:
     """One row per run, rank, timed loop and step.
 
     Columns: run_id, rank, repeat, step, step_s, compute_s, comm_s, exposed_comm_s,
-    overlapped_comm_s, overlap_pct, comm_bytes. A collective's duration counts in the step that
-    issued it and its wait in the step that waited, so a single step's overlapped_comm_s can be
-    negative when an op issued in one step is waited on in the next (DistriFusion's displaced
-    exchanges); over a whole run the sums agree.
+    overlapped_comm_s, overlap_pct, op_time_s, comm_bytes. An op in flight across a step
+    boundary (DistriFusion's displaced exchanges) counts in each step for the time it was in
+    flight there, and its wait in the step that waited, so every step adds up on its own:
+    compute_s + exposed_comm_s = step_s and 0 <= overlapped_comm_s <= compute_s.
     """
     df = read_table(db, "rank_steps")
     df["overlapped_comm_s"] = df["comm_s"] - df["exposed_comm_s"]
     df["overlap_pct"] = _overlap(df["comm_s"], df["exposed_comm_s"])
     cols = ["run_id", "rank", "repeat", "step", "step_s", "compute_s", "comm_s"]
-    cols += ["exposed_comm_s", "overlapped_comm_s", "overlap_pct", "comm_bytes"]
+    cols += ["exposed_comm_s", "overlapped_comm_s", "overlap_pct", "op_time_s", "comm_bytes"]
     return df[cols]
 
 
@@ -120,11 +128,11 @@ def rank_breakdown(db: str | Path | ResultStore) -> pd.DataFrame:
 
     Columns: RUN_KEYS, rank, n_steps (timed steps), step_s, compute_s, comm_s, exposed_comm_s,
     overlapped_comm_s, overlap_pct, compute_pct and exposed_comm_pct (shares of step_s),
-    comm_bytes_per_step.
+    op_time_s (summed op durations, not part of the breakdown), comm_bytes_per_step.
     """
     steps = step_breakdown(db)
     runs = _ok_runs(db)[RUN_KEYS]
-    means = ["step_s", "compute_s", "comm_s", "exposed_comm_s", "comm_bytes"]
+    means = ["step_s", "compute_s", "comm_s", "exposed_comm_s", "op_time_s", "comm_bytes"]
     g = steps[steps["run_id"].isin(runs["run_id"])].groupby(["run_id", "rank"], sort=True)
     out = g[means].mean().rename(columns={"comm_bytes": "comm_bytes_per_step"})
     out.insert(0, "n_steps", g.size())
@@ -135,17 +143,20 @@ def rank_breakdown(db: str | Path | ResultStore) -> pd.DataFrame:
     out["exposed_comm_pct"] = _pct(out["exposed_comm_s"], out["step_s"])
     out = runs.merge(out, on="run_id", how="inner")
     cols = [*RUN_KEYS, "rank", "n_steps", "step_s", "compute_s", "comm_s", "exposed_comm_s"]
-    cols += ["overlapped_comm_s", "overlap_pct", "compute_pct", "exposed_comm_pct"]
+    cols += ["overlapped_comm_s", "overlap_pct", "compute_pct", "exposed_comm_pct", "op_time_s"]
     return out[[*cols, "comm_bytes_per_step"]]
 
 
-_COMM_SUMS = ["calls_per_step", "bytes_per_step", "time_s", "exposed_s"]
+_COMM_SUMS = ["calls_per_step", "bytes_per_step", "time_s", "inflight_s", "exposed_s"]
 
 
 def _comm_derived(out: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Add overlapped_s, overlap_pct, bytes_pct (share of the rank's bytes) and algbw_gb_s."""
-    out["overlapped_s"] = out["time_s"] - out["exposed_s"]
-    out["overlap_pct"] = _overlap(out["time_s"], out["exposed_s"])
+    """Add overlapped_s (inflight_s - exposed_s), overlap_pct, bytes_pct (share of the rank's
+    bytes) and algbw_gb_s (bytes over the summed op durations, as nccl-tests' per-op algbw).
+    Rows without inflight_s (stored before it existed) fall back to time_s."""
+    busy = out["inflight_s"].fillna(out["time_s"])
+    out["overlapped_s"] = busy - out["exposed_s"]
+    out["overlap_pct"] = _overlap(busy, out["exposed_s"])
     rank_bytes = out.groupby(keys)["bytes_per_step"].transform("sum")
     out["bytes_pct"] = _pct(out["bytes_per_step"], rank_bytes)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -160,8 +171,12 @@ def comm_breakdown(
     """Bytes and time per op and / or mesh axis, per ok run and rank, per timed step.
 
     `by`: ("op", "axis") (the stored granularity), ("axis",) or ("op",). Columns: RUN_KEYS,
-    rank, *by, calls_per_step, bytes_per_step, time_s, exposed_s, overlapped_s, overlap_pct,
-    bytes_pct (share of the rank's bytes per step), algbw_gb_s (bytes / time / 1e9).
+    rank, *by, calls_per_step, bytes_per_step, time_s (summed op durations), inflight_s (time
+    with a call in flight), exposed_s, overlapped_s = inflight_s - exposed_s, overlap_pct,
+    bytes_pct (share of the rank's bytes per step), algbw_gb_s (bytes / time_s / 1e9).
+    Grouped coarser than (op, axis), inflight_s adds the stored per-(op, axis) unions, so time
+    two ops of the group were both in flight counts twice; `layer_breakdown(by=("axis",))`
+    takes the exact union from the run's trace.
     """
     by = list(by)
     if not by or set(by) - {"op", "axis"}:
@@ -169,7 +184,9 @@ def comm_breakdown(
     comm = read_table(db, "comm")
     runs = _ok_runs(db)[RUN_KEYS]
     comm = comm[comm["run_id"].isin(runs["run_id"])]
-    out = comm.groupby(["run_id", "rank", *by], sort=True)[_COMM_SUMS].sum().reset_index()
+    # min_count: a group without inflight_s (older rows) stays empty instead of summing to 0
+    g = comm.groupby(["run_id", "rank", *by], sort=True)[_COMM_SUMS]
+    out = g.sum(min_count=1).reset_index()
     out = _comm_derived(out, ["run_id", "rank"])
     out = runs.merge(out, on="run_id", how="inner")
     derived = ["overlapped_s", "overlap_pct", "bytes_pct", "algbw_gb_s"]
@@ -186,11 +203,8 @@ def trace_events(db: str | Path | ResultStore, run_id: str) -> pd.DataFrame:
     cols = ["rank", "repeat", "step", "wait_step", "layer", "layer_type", "op", "axis"]
     cols += ["group_size", "is_async", "nbytes", "t_issue", "t_done", "t_wait_start"]
     cols += ["t_wait_end", "duration_s", "exposed_s"]
-    with _store(db) as store:
-        runs = store.table("runs")
-        out_dir = runs.loc[runs["run_id"] == run_id, "output_dir"]
-        path = store.root / str(out_dir.iloc[0]) / "trace.npz" if len(out_dir) else None
-    if path is None or not path.is_file():
+    path = _trace_path(db, run_id)
+    if path is None:
         return pd.DataFrame(columns=cols)
     frames = []
     with np.load(path) as z:
@@ -212,6 +226,42 @@ def trace_events(db: str | Path | ResultStore, run_id: str) -> pd.DataFrame:
     return df[cols]
 
 
+def _trace_path(db: str | Path | ResultStore, run_id: str) -> Path | None:
+    """runs/<run_id>/trace.npz of a run, None when the run or the file is missing."""
+    with _store(db) as store:
+        runs = store.table("runs")
+        out_dir = runs.loc[runs["run_id"] == run_id, "output_dir"]
+        path = store.root / str(out_dir.iloc[0]) / "trace.npz" if len(out_dir) else None
+    return path if path is not None and path.is_file() else None
+
+
+def trace_windows(db: str | Path | ResultStore, run_id: str) -> dict[int, np.ndarray]:
+    """Per rank, the timed steps' (t_start, t_end) windows of one run's trace.npz, an (n, 2)
+    array in perf_counter seconds; empty without a trace file."""
+    path = _trace_path(db, run_id)
+    if path is None:
+        return {}
+    with np.load(path) as z:
+        keys = [k for k in z if k.startswith("steps_rank")]
+        return {
+            int(k.removeprefix("steps_rank")): np.stack([z[k]["t_start"], z[k]["t_end"]], axis=1)
+            for k in keys
+        }
+
+
+def _union_per_group(ev: pd.DataFrame, keys: list[str], windows: dict) -> pd.DataFrame:
+    """Per group of `ev` (one run): inflight_s and exposed_s, the unions of the calls' in-flight
+    and blocked intervals clipped to the rank's timed steps, summed over the steps."""
+    rows = []
+    for key, idx in ev.groupby(keys, sort=True).indices.items():
+        sub = ev.iloc[idx]
+        w = windows.get(int(sub["rank"].iloc[0]), np.zeros((0, 2)))
+        exposed = covered_s(sub["t_wait_start"], sub["t_wait_end"], w[:, 0], w[:, 1]).sum()
+        inflight = covered_s(*inflight_intervals(sub), w[:, 0], w[:, 1]).sum()
+        rows.append((*key, float(max(inflight, exposed)), float(exposed)))
+    return pd.DataFrame(rows, columns=[*keys, "inflight_s", "exposed_s"])
+
+
 def _timed_steps(db: str | Path | ResultStore) -> pd.Series:
     """Timed steps per (run_id, rank): the denominator of every per-step number."""
     steps = read_table(db, "rank_steps")
@@ -224,8 +274,10 @@ def layer_breakdown(
     """Communication per layer type (or module path, op, axis), per ok run and rank, per step.
 
     `by`: any of "layer_type", "layer" (module path), "op", "axis". Columns: RUN_KEYS, rank,
-    *by, calls_per_step, bytes_per_step, time_s, exposed_s, overlapped_s, overlap_pct,
-    bytes_pct, algbw_gb_s. Runs without a trace.npz are left out.
+    *by, calls_per_step, bytes_per_step, time_s (summed op durations), inflight_s and
+    exposed_s (unions over the group's calls within the timed steps, as comm_s and
+    exposed_comm_s), overlapped_s, overlap_pct, bytes_pct, algbw_gb_s. Runs without a
+    trace.npz are left out.
     """
     by = list(by)
     allowed = {"layer_type", "layer", "op", "axis"}
@@ -240,8 +292,10 @@ def layer_breakdown(
             if ev.empty:
                 continue
             ev = ev.assign(run_id=run_id, calls=1)
-            g = ev.groupby(["run_id", "rank", *by], sort=True)
-            frames.append(g[["calls", "nbytes", "duration_s", "exposed_s"]].sum().reset_index())
+            keys = ["run_id", "rank", *by]
+            sums = ev.groupby(keys, sort=True)[["calls", "nbytes", "duration_s"]].sum()
+            unions = _union_per_group(ev, keys, trace_windows(store, run_id))
+            frames.append(sums.reset_index().merge(unions, on=keys, how="left"))
     cols = [*RUN_KEYS, "rank", *by, *_COMM_SUMS]
     cols += ["overlapped_s", "overlap_pct", "bytes_pct", "algbw_gb_s"]
     if not frames:
@@ -251,6 +305,7 @@ def layer_breakdown(
     out["calls_per_step"] = out.pop("calls") / denom
     out["bytes_per_step"] = out.pop("nbytes") / denom
     out["time_s"] = out.pop("duration_s") / denom
+    out["inflight_s"] = out["inflight_s"] / denom
     out["exposed_s"] = out["exposed_s"] / denom
     out = _comm_derived(out, ["run_id", "rank"])
     return runs.merge(out, on="run_id", how="inner")[cols]

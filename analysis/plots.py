@@ -165,7 +165,7 @@ def _breakdown_panel(ax: Axes, runs: pd.DataFrame) -> None:
         facecolor="white",
         edgecolor="tab:red",
         hatch="////",
-        label="overlapped comm (comm_s - exposed_comm_s, hidden by compute)",
+        label="overlapped comm (comm_s - exposed_comm_s: in flight under compute)",
     )
     ax.set_yticks(y, _run_labels(runs), fontsize="small")
     ax.set_ylim(len(runs) - 0.4, -0.6)  # first run on top, no empty margin
@@ -176,9 +176,11 @@ def _breakdown_panel(ax: Axes, runs: pd.DataFrame) -> None:
 def plot_breakdown(df: pd.DataFrame, path: str | Path) -> Path:
     """Per-step time (s) of each ok run: compute + exposed comm stacked, overlapped comm hatched.
 
-    Overlapped comm (comm_s - exposed_comm_s) ran while the rank computed, so it is drawn as a
-    thinner hatched bar under the stack rather than added to it. One panel per workload, each
-    with its own time axis (workloads differ in cost by orders of magnitude). Returns `path`.
+    Overlapped comm (comm_s - exposed_comm_s: time with a collective in flight while the rank
+    was not blocked) ran while the rank computed, so it is drawn as a thinner hatched bar under
+    the stack rather than added to it; it is never longer than the compute bar (comm_s is a
+    union of intervals within the step, see suite.record). One panel per workload, each with
+    its own time axis (workloads differ in cost by orders of magnitude). Returns `path`.
     """
     title = "Per-step breakdown (measured, mean over ranks)"
     ok = _ok_runs(df)
@@ -317,7 +319,7 @@ def plot_overlap(ranks: pd.DataFrame, path: str | Path) -> Path:
         ax.set_xlim(left=0)
         ax.grid(True, axis="x", alpha=0.3)
         ax.set_title(str(rows["workload"].iloc[0]), fontsize="medium", loc="left")
-    axes[-1].set_xlabel("summed collective time per denoising step [s] (comm_s)")
+    axes[-1].set_xlabel("time with a collective in flight per denoising step [s] (comm_s)")
     fig.suptitle(title)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize="small", loc="outside lower center", ncols=2)

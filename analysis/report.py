@@ -53,7 +53,18 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
         "'none' on 1 rank with the same workload, size, steps, batch, scheduler, guidance, dtype, "
         "device, threads_per_rank and seed",
     ),
-    ("efficiency_pct", "100 * speedup / world_size [%]"),
+    ("efficiency_pct", "100 * speedup / world_size [%]; † marks a value above 100% (see below)"),
+    (
+        "baseline_per_rank_work_s",
+        "runs with a data axis of degree d > 1: latency_s of the single-device run at the "
+        "per-rank batch (batch / d), same key as the baseline otherwise [s]; '- ‡' where the "
+        "store holds no such run, '-' where it does not apply",
+    ),
+    (
+        "efficiency_per_rank_work_pct",
+        "100 * baseline_per_rank_work_s / (latency_s * world_size / d): efficiency against a "
+        "device doing one data-parallel group's share of the work [%]",
+    ),
     ("step_s", _DOCS["step_s"] + " [s]"),
     ("compute_s", _DOCS["compute_s"] + " [s per step]"),
     ("exposed_comm_s", _DOCS["exposed_comm_s"] + " [s]"),
@@ -101,7 +112,11 @@ def _result_row(r: pd.Series) -> dict[str, str]:
         if is_missing(lo) and is_missing(hi)
         else f"{fmt_sig(lo)}-{fmt_sig(hi)}",
         "speedup": fmt_fixed(r["speedup"], 2),
-        "efficiency_pct": fmt_fixed(r["efficiency_pct"], 1),
+        "efficiency_pct": _efficiency(r["efficiency_pct"]),
+        "baseline_per_rank_work_s": _per_rank_work(r, fmt_sig(r["baseline_per_rank_work_s"])),
+        "efficiency_per_rank_work_pct": _per_rank_work(
+            r, _efficiency(r["efficiency_per_rank_work_pct"])
+        ),
         "step_s": fmt_sig(r["step_s"]),
         "compute_s": fmt_sig(r["compute_s"]),
         "exposed_comm_s": fmt_sig(r["exposed_comm_s"]),
@@ -112,6 +127,51 @@ def _result_row(r: pd.Series) -> dict[str, str]:
         "buffer_mb_per_rank": fmt_mb(r.get("buffer_bytes_per_rank")),
         "status": fmt_text(r["status"]),
     }
+
+
+SUPERLINEAR, NOT_STORED = "†", "‡"
+_PER_RANK_WORK = ("baseline_per_rank_work_s", "efficiency_per_rank_work_pct")
+
+
+def _efficiency(pct: object) -> str:
+    """Efficiency in %, flagged when above 100 (superlinear: explained under the table)."""
+    text = fmt_fixed(pct, 1)
+    return f"{text} {SUPERLINEAR}" if not is_missing(pct) and float(pct) > 100.0 else text
+
+
+def _per_rank_work(r: pd.Series, text: str) -> str:
+    """A per-rank-work cell: '-' where it does not apply, '- ‡' where no baseline is stored."""
+    if is_missing(r["per_rank_batch"]):
+        return "-"
+    return f"- {NOT_STORED}" if is_missing(r["baseline_per_rank_work_s"]) else text
+
+
+def _efficiency_notes(runs: pd.DataFrame) -> list[Block]:
+    notes: list[Block] = []
+    over = (runs["efficiency_pct"] > 100) | (runs["efficiency_per_rank_work_pct"] > 100)
+    if over.fillna(False).any():
+        notes.append(
+            Para(
+                f"{SUPERLINEAR} Efficiency above 100% (superlinear). It is not free speed: each "
+                "rank works on a smaller share (e.g. half the batch), whose working set can fit "
+                "in a cache the whole problem does not, with fewer threads contending for memory "
+                "bandwidth, or for which the library picks a different kernel. The single device "
+                "at the same total work is then a weak baseline; baseline_per_rank_work_s and "
+                "efficiency_per_rank_work_pct compare against a device doing one rank group's "
+                "share, where the store holds such a run."
+            )
+        )
+    missing = runs["per_rank_batch"].notna() & runs["baseline_per_rank_work_s"].isna()
+    if missing.fillna(False).any():
+        notes.append(
+            Para(
+                f"{NOT_STORED} No single-device run at the per-rank batch (batch / data degree, "
+                "same workload, size, steps, scheduler, guidance, dtype, device, "
+                "threads_per_rank and seed) is stored: add strategy 'none' with that batch to "
+                "the experiment to compare against one rank's share of the work."
+            )
+        )
+    return notes
 
 
 def _distinct(values: pd.Series) -> str:
@@ -155,6 +215,8 @@ def _results(runs: pd.DataFrame) -> tuple[list[Block], list[str]]:
     headers = [h for h, _ in RESULT_COLUMNS]
     if runs["experiment"].nunique(dropna=True) <= 1:
         headers.remove("experiment")
+    if runs["per_rank_batch"].isna().all():  # no data-parallel run: nothing to compare
+        headers = [h for h in headers if h not in _PER_RANK_WORK]
     cells = [_result_row(r) for _, r in runs.iterrows()]
     rows = [[c[h] for h in headers] for c in cells]
     right = {i for i, h in enumerate(headers) if h not in _TEXT_COLUMNS}
@@ -169,6 +231,7 @@ def _results(runs: pd.DataFrame) -> tuple[list[Block], list[str]]:
             "value. Columns are explained at the end."
         ),
         Table(headers, rows, right),
+        *_efficiency_notes(runs),
     ]
     return blocks, headers
 
@@ -215,6 +278,7 @@ def _comm(store: ResultStore) -> list[Block]:
         "calls_per_step",
         "mb_per_step",
         "time_s",
+        "inflight_s",
         "exposed_s",
         "algbw_gb_per_s",
     ]
@@ -229,6 +293,7 @@ def _comm(store: ResultStore) -> list[Block]:
             fmt_sig(r["calls_per_step"]),
             fmt_mb(r["bytes_per_step"]),
             fmt_sig(r["time_s"]),
+            fmt_sig(r["inflight_s"]),
             fmt_sig(r["exposed_s"]),
             fmt_sig(r["algbw_gb_per_s"]),
         ]
@@ -238,7 +303,10 @@ def _comm(store: ResultStore) -> list[Block]:
         Heading("Communication by op"),
         Para(
             "Per timed step, mean over the ranks that issued the op. mb_per_step = payload "
-            "bytes / 10^6; algbw_gb_per_s = payload bytes / op time / 10^9."
+            "bytes / 10^6; time_s sums the calls' durations (concurrent calls each counted, so "
+            "it can exceed the step); inflight_s is the time at least one call was in flight; "
+            "exposed_s the time the rank was blocked on them; algbw_gb_per_s = payload bytes / "
+            "time_s / 10^9."
         ),
         Table(headers, rows, right=set(range(5, len(headers))) | {2}),
     ]
@@ -331,9 +399,12 @@ def _breakdown(store: ResultStore, out: Path) -> list[Block]:
     blocks: list[Block] = [
         Heading("Breakdown"),
         Para(
-            "Per rank and timed step: compute_s = step_s - exposed_comm_s; exposed_comm_s is "
-            "time blocked on communication; overlapped_comm_s = comm_s - exposed_comm_s ran "
-            "hidden under compute; overlap_pct = 100 * (1 - exposed_comm_s / comm_s). "
+            "Per rank and timed step: comm_s is the time at least one collective was in "
+            "flight, exposed_comm_s the time the rank was blocked on communication (both "
+            "unions of intervals within the step, so exposed <= comm <= step); compute_s = "
+            "step_s - exposed_comm_s; overlapped_comm_s = comm_s - exposed_comm_s ran hidden "
+            "under compute and is at most compute_s; overlap_pct = 100 * (1 - exposed_comm_s "
+            "/ comm_s). "
             "ideal_latency_s is the no-communication ideal (the compute critical path): per "
             "timed loop the slowest rank's summed compute_s, median over loops; "
             "comm_overhead_pct = 100 * (latency_s - ideal_latency_s) / latency_s. "
@@ -370,9 +441,9 @@ def _breakdown(store: ResultStore, out: Path) -> list[Block]:
         Image(ranks_png.name, "per-rank compute / exposed / overlapped communication"),
         Image(overlap_png.name, "communication overlap per run"),
     ]
-    values = ["bytes_per_step", "time_s", "exposed_s", "overlapped_s"]
+    values = ["bytes_per_step", "time_s", "inflight_s", "exposed_s", "overlapped_s"]
     for title, df, by in (
-        ("Per mesh axis", breakdown.comm_breakdown(store, by=("axis",)), "axis"),
+        ("Per mesh axis", _per_axis(store), "axis"),
         ("Per layer type", breakdown.layer_breakdown(store, by=("layer_type",)), "layer_type"),
     ):
         if df.empty:
@@ -387,6 +458,7 @@ def _breakdown(store: ResultStore, out: Path) -> list[Block]:
                 fmt_mb(r["bytes_per_step"]),
                 fmt_fixed(r["bytes_pct"], 1),
                 fmt_sig(r["time_s"]),
+                fmt_sig(r["inflight_s"]),
                 fmt_sig(r["exposed_s"]),
                 fmt_sig(r["overlapped_s"]),
             ]
@@ -397,7 +469,9 @@ def _breakdown(store: ResultStore, out: Path) -> list[Block]:
             Heading(title, level=3),
             Para(
                 "Mean over the ranks with such communication; bytes_pct is the share of the "
-                "rank's bytes per step."
+                "rank's bytes per step; time_s sums the calls' durations, inflight_s is the "
+                "time at least one of them was in flight, overlapped_s = inflight_s - "
+                "exposed_s."
                 + (
                     " Layer types come from the module paths the ledger logged "
                     "(runs/<run_id>/trace.npz)."
@@ -406,12 +480,22 @@ def _breakdown(store: ResultStore, out: Path) -> list[Block]:
                 )
             ),
             Table(
-                [*head, "time_s", "exposed_s", "overlapped_s"],
+                [*head, "time_s", "inflight_s", "exposed_s", "overlapped_s"],
                 rows,
-                right={2} | set(range(4, 11)),
+                right={2} | set(range(4, 12)),
             ),
         ]
     return blocks
+
+
+def _per_axis(store: ResultStore) -> pd.DataFrame:
+    """Per run, rank and mesh axis: exact unions from the run's trace where there is one (the
+    comm table's per-op unions would count two ops of an axis in flight together twice)."""
+    exact = breakdown.layer_breakdown(store, by=("axis",))
+    stored = breakdown.comm_breakdown(store, by=("axis",))
+    stored = stored[~stored["run_id"].isin(exact["run_id"])]
+    frames = [f for f in (exact, stored) if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else stored
 
 
 def _columns(headers: list[str]) -> list[Block]:

@@ -21,8 +21,9 @@ issue of another collective, a wait) and at every step end it asks the backend w
 still in flight has completed (`work.is_completed()`, a C++ call of ~0.1 us, no GIL hand-off),
 and stamps t_done at the first poll that finds it complete:
 - complete before its wait: a hidden op, 0 s exposed (exact); its duration t_done - t_issue
-  (what comm_s sums) is an upper bound, tight to the gap between two ledger events (a layer's
-  compute; a few ms in a UNet, one transformer block in a DiT);
+  (what op_time_s sums; comm_s is the union of such intervals) is an upper bound, tight to
+  the gap between two ledger events (a layer's compute; a few ms in a UNet, one transformer
+  block in a DiT);
 - not complete when its wait starts: t_done = t_wait_end, exact up to the wait's return, since
   the wait returns when the op completes (an exposed op).
 Polling matters: an op waited on a step later (DistriFusion's displaced exchange) would

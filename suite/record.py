@@ -1,9 +1,22 @@
 """Turn the per-rank results of one run into the stored rows (runs, comm, rank_steps).
 
-Per-step numbers follow ARCHITECTURE.md's timing semantics: a collective's duration counts in
-the step that issued it, its blocked (exposed) time in the step that waited on it; the run-level
-columns are means over timed steps and over ranks; latency is per timed loop the slowest rank's
-wall time, median over loops.
+Per-step numbers follow ARCHITECTURE.md's timing semantics, measured on each rank's timeline so
+that the breakdown adds up:
+- comm_s: the time within the step's window [t_start, t_end] during which at least one
+  collective was in flight, i.e. the measure of the union of the ops' in-flight intervals
+  clipped to the window. An op is in flight from its issue to its done time, and also while the
+  rank is blocked on it (with completion callbacks the done stamp can precede the wait's return
+  by microseconds). An op spanning steps counts in each step it was in flight in.
+- exposed_comm_s: the measure of the union of the blocked intervals [t_wait_start, t_wait_end]
+  clipped to the window (a blocking op's whole duration, an async op's wait; a wait that found
+  the op complete is 0 s long).
+Every blocked interval lies inside its op's in-flight interval and inside the step, so
+0 <= exposed_comm_s <= comm_s <= step_s, compute_s = step_s - exposed_comm_s >= 0 and the
+overlapped part, comm_s - exposed_comm_s, is at most compute_s: by construction.
+op_time_s keeps the per-op durations summed over the ops issued in the step (the pre-union
+comm_s): under polling each duration is an upper bound, and ops in flight together each count
+in full, so it can exceed the step. The run-level columns are means over timed steps and over
+ranks; latency is per timed loop the slowest rank's wall time, median over loops.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ import torch
 
 from suite.comm import OPS
 from suite.config import RunSpec
+from suite.intervals import covered_s, inflight_intervals
 from suite.mesh import AXES
 from suite.profiling import nvml_summary, save_traces
 from suite.results import RunRecord
@@ -111,23 +125,31 @@ def failed_record(
     return RunRecord(run=row)
 
 
+def _windows(result: RankResult) -> tuple[np.ndarray, np.ndarray]:
+    return result.steps["t_start"].astype(float), result.steps["t_end"].astype(float)
+
+
 def step_table(result: RankResult) -> list[dict]:
-    """Per (repeat, step) times of one rank: step, comm, exposed comm, compute, bytes."""
+    """Per (repeat, step) times of one rank: step, comm in flight, exposed comm, compute, the
+    summed op durations (op_time_s) and bytes (see the module docstring)."""
     ev, rows = result.events, []
+    lo, hi = _windows(result)
+    blocked = covered_s(ev["t_wait_start"], ev["t_wait_end"], lo, hi)
+    # blocked intervals lie inside the in-flight ones: max() only absorbs float rounding
+    inflight = np.maximum(covered_s(*inflight_intervals(ev), lo, hi), blocked)
     duration = ev["t_done"] - ev["t_issue"]
-    blocked = ev["t_wait_end"] - ev["t_wait_start"]
-    for repeat, step, t_start, t_end in result.steps.tolist():
+    for i, (repeat, step, t_start, t_end) in enumerate(result.steps.tolist()):
         issued = (ev["repeat"] == repeat) & (ev["step"] == step)
-        waited = (ev["repeat"] == repeat) & (ev["wait_step"] == step)
         step_s = t_end - t_start
-        exposed = float(blocked[waited].sum())
+        exposed = float(blocked[i])
         rows.append(
             {
                 "rank": result.rank,
                 "repeat": repeat,
                 "step": step,
                 "step_s": step_s,
-                "comm_s": float(duration[issued].sum()),
+                "comm_s": float(inflight[i]),
+                "op_time_s": float(duration[issued].sum()),
                 "exposed_comm_s": exposed,
                 "compute_s": step_s - exposed,
                 "comm_bytes": float(ev["nbytes"][issued].sum()),
@@ -138,12 +160,17 @@ def step_table(result: RankResult) -> list[dict]:
 
 
 def comm_table(result: RankResult, n_steps: int) -> list[dict]:
-    """Per (op, axis) totals of one rank, per timed step."""
+    """Per (op, axis) totals of one rank, per timed step: time_s sums the calls' durations (an
+    upper bound that double counts concurrent calls), inflight_s and exposed_s are unions over
+    the calls, clipped to the timed steps (as the step table's comm_s and exposed_comm_s)."""
     ev, rows = result.events, []
+    lo, hi = _windows(result)
     duration = ev["t_done"] - ev["t_issue"]
-    blocked = ev["t_wait_end"] - ev["t_wait_start"]
     for op_id, axis_id in sorted(set(zip(ev["op"].tolist(), ev["axis"].tolist(), strict=True))):
         sel = (ev["op"] == op_id) & (ev["axis"] == axis_id)
+        sub = ev[sel]
+        exposed = float(covered_s(sub["t_wait_start"], sub["t_wait_end"], lo, hi).sum())
+        inflight = max(float(covered_s(*inflight_intervals(sub), lo, hi).sum()), exposed)
         rows.append(
             {
                 "rank": result.rank,
@@ -152,7 +179,8 @@ def comm_table(result: RankResult, n_steps: int) -> list[dict]:
                 "calls_per_step": int(sel.sum()) / n_steps,
                 "bytes_per_step": float(ev["nbytes"][sel].sum()) / n_steps,
                 "time_s": float(duration[sel].sum()) / n_steps,
-                "exposed_s": float(blocked[sel].sum()) / n_steps,
+                "inflight_s": inflight / n_steps,
+                "exposed_s": exposed / n_steps,
             }
         )
     return rows
@@ -181,6 +209,7 @@ def assemble(spec: RunSpec, results: list[RankResult], output_dir: str) -> RunRe
         "step_s": mean_over_ranks("step_s"),
         "compute_s": mean_over_ranks("compute_s"),
         "comm_s": comm_s,
+        "op_time_s": mean_over_ranks("op_time_s"),
         "exposed_comm_s": exposed,
         "overlap_pct": 100.0 * (1.0 - exposed / comm_s) if comm_s > 0 else None,
         "comm_bytes_per_step": mean_over_ranks("comm_bytes"),
@@ -208,7 +237,10 @@ def _save_images(spec: RunSpec, run_dir: Path, latents: torch.Tensor) -> None:
 
 def save_artifacts(results: list[RankResult], run_dir: Path, spec: RunSpec | None = None) -> None:
     """Final latents (rank 0), their decoded images (with `spec`, as run_dir/images/*.png) and
-    every rank's raw step marks and ledger events."""
+    every rank's raw step marks and ledger events.
+
+    A sweep passes a fresh runs/.pending-<run_id> (suite.results.pending_run_dir) and moves it to
+    runs/<run_id> once the run's row has committed, so no file there outlives or predates it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for r in results:
         if r.latents is not None:

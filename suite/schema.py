@@ -59,8 +59,25 @@ RUNS: tuple[Column, ...] = (
     Column("latency_max_s", "REAL", "slowest timed loop"),
     Column("step_s", "REAL", "mean wall time of one denoising step, mean over ranks"),
     Column("compute_s", "REAL", "step_s - exposed_comm_s"),
-    Column("comm_s", "REAL", "mean per step of the summed collective durations, mean over ranks"),
-    Column("exposed_comm_s", "REAL", "mean per step of the time blocked on communication"),
+    Column(
+        "comm_s",
+        "REAL",
+        "mean per step of the time at least one collective was in flight (union of the ops' "
+        "intervals within the step), mean over ranks",
+    ),
+    Column(
+        "op_time_s",
+        "REAL",
+        "mean per step of the summed durations of the collectives issued in the step, mean over "
+        "ranks: ops in flight together each count in full, so it can exceed step_s (empty in "
+        "runs stored before it existed, whose comm_s holds this sum)",
+    ),
+    Column(
+        "exposed_comm_s",
+        "REAL",
+        "mean per step of the time blocked on communication (union of the blocked intervals "
+        "within the step)",
+    ),
     Column("overlap_pct", "REAL", "100 * (1 - exposed_comm_s / comm_s); empty without comm"),
     Column("comm_bytes_per_step", "REAL", "payload bytes per step per rank, mean over ranks"),
     Column("peak_mem_bytes", "INTEGER", "max over ranks: CUDA max allocated, or CPU peak RSS"),
@@ -98,8 +115,23 @@ COMM: tuple[Column, ...] = (
     Column("axis", "TEXT", "mesh axis the group spans"),
     Column("calls_per_step", "REAL", "calls per timed step"),
     Column("bytes_per_step", "REAL", "payload bytes per timed step (nccl-tests 'size' convention)"),
-    Column("time_s", "REAL", "summed op duration per timed step"),
-    Column("exposed_s", "REAL", "time blocked on the op per timed step"),
+    Column(
+        "time_s",
+        "REAL",
+        "summed durations of the op's calls per timed step (issue to done; an upper bound under "
+        "polling): calls in flight together each count in full, so it can exceed the step",
+    ),
+    Column(
+        "inflight_s",
+        "REAL",
+        "time per timed step at least one call of the op on the axis was in flight (union of "
+        "the calls' intervals within the steps); empty in runs stored before it existed",
+    ),
+    Column(
+        "exposed_s",
+        "REAL",
+        "time blocked on the op per timed step (union of the blocked intervals within the steps)",
+    ),
 )
 
 RANK_STEPS: tuple[Column, ...] = (
@@ -108,8 +140,24 @@ RANK_STEPS: tuple[Column, ...] = (
     Column("repeat", "INTEGER", "timed loop index"),
     Column("step", "INTEGER", "denoising step index"),
     Column("step_s", "REAL", "wall time of the step"),
-    Column("comm_s", "REAL", "summed durations of collectives issued in the step"),
-    Column("exposed_comm_s", "REAL", "time blocked on communication in the step"),
+    Column(
+        "comm_s",
+        "REAL",
+        "time in the step at least one collective was in flight (union of the ops' intervals "
+        "clipped to the step; an op spanning steps counts in each)",
+    ),
+    Column(
+        "op_time_s",
+        "REAL",
+        "summed durations of the collectives issued in the step (can exceed step_s when ops "
+        "overlap); empty in runs stored before it existed, whose comm_s holds this sum",
+    ),
+    Column(
+        "exposed_comm_s",
+        "REAL",
+        "time blocked on communication in the step (union of the blocked intervals clipped to "
+        "the step)",
+    ),
     Column("compute_s", "REAL", "step_s - exposed_comm_s"),
     Column("comm_bytes", "REAL", "payload bytes of collectives issued in the step"),
     Column("peak_mem_bytes", "INTEGER", "rank's peak memory over the run (repeated per row)"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 
 from analysis.fmt import fmt_sig
@@ -197,6 +198,49 @@ def test_write_report(db, tmp_path):
     assert 'src="breakdown.png"' in html and "<script" not in html
     assert "## Columns" in md and "efficiency_pct" in md
     assert "## Communication by op" in md
+    # efficiency at most 100%; batch 1 cannot be split over data ranks: no note, no columns
+    assert "† Efficiency above" not in md and "baseline_per_rank_work_s" not in md
+
+
+def _superlinear_store(path):
+    """Batch 4 on one device (2.0 s) and at the per-rank batch 2 (0.6 s); data w2 at 0.8 s is
+    125% efficient against the first, 75% against one rank's share of the work. tiny-y has no
+    batch-2 baseline; a cfg run has no data axis."""
+    with ResultStore(path) as store:
+        for run_id, strategy, world, workload, batch, lat in (
+            ("b4", "none", 1, "tiny-x", 4, 2.0),
+            ("b2", "none", 1, "tiny-x", 2, 0.6),
+            ("d2", "data", 2, "tiny-x", 4, 0.8),
+            ("y4", "none", 1, "tiny-y", 4, 2.0),
+            ("yd2", "data", 2, "tiny-y", 4, 1.25),
+            ("c2", "cfg", 2, "tiny-x", 4, 1.6),
+        ):
+            run = _run(run_id, strategy, world, workload=workload, batch=batch, latency_s=lat)
+            store.save(RunRecord(run=run))
+
+
+def test_superlinear_efficiency_and_per_rank_work_baseline(tmp_path):
+    path = tmp_path / "results.db"
+    _superlinear_store(path)
+    df = with_speedup(load_runs(path)).set_index("run_id")
+    assert df.loc["d2", "efficiency_pct"] == pytest.approx(125.0)
+    assert df.loc["d2", "per_rank_batch"] == 2
+    assert df.loc["d2", "baseline_per_rank_work_s"] == pytest.approx(0.6)
+    assert df.loc["d2", "efficiency_per_rank_work_pct"] == pytest.approx(75.0)  # 0.6 / 0.8
+    assert df.loc["yd2", "per_rank_batch"] == 2  # applies, but no batch-2 run is stored
+    assert math.isnan(df.loc["yd2", "baseline_per_rank_work_s"])
+    for run_id in ("c2", "b4"):  # no data axis
+        assert df.loc[run_id, "per_rank_batch"] is pd.NA
+        assert math.isnan(df.loc[run_id, "efficiency_per_rank_work_pct"])
+    _, md_path = write_report(path, tmp_path / "r")
+    md = md_path.read_text(encoding="utf-8")
+    d2 = _md_row(md, "data=2", "0.8000")
+    assert d2[9:13] == ["2.50", "125.0 †", "0.6000", "75.0"]
+    assert _md_row(md, "data=2", "1.250")[9:13] == ["1.60", "80.0", "- ‡", "- ‡"]
+    assert _md_row(md, "cfg=2")[11:13] == ["-", "-"]
+    assert "† Efficiency above 100% (superlinear). It is not free speed" in md
+    assert "‡ No single-device run at the per-rank batch" in md
+    assert "| baseline_per_rank_work_s |" in md  # in the column glossary
 
 
 def test_report_with_only_failed_runs(tmp_path):

@@ -15,13 +15,20 @@ Everything is checked here, before any process starts. Each problem is reported 
         degrees: {data: 2}
         settings: {batch: 4}              # per-entry override of settings
         sweep: {some_option: [a, b]}      # one run per value (strategy options)
+
+Checking is cheap and torch-free (milliseconds: this module, suite.parallel and
+workloads.presets / workloads.limits import neither torch nor diffusers); only a valid config
+goes on to what needs torch (resolving `device: auto`, counting GPUs) and, in `diffscale run`,
+to the memory check (suite.memory).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -36,6 +43,13 @@ from suite.mesh import AXES, ParallelDims
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda", "auto")
 WORLD_MODES = ("real", "fake")
+
+MAX_COUNT = 2**31 - 1  # steps, batch, repeats: a C int on every rank
+MAX_SEED = 2**63 - 1  # stored as a SQLite INTEGER (signed 64-bit); torch takes up to 2^64 - 1
+MAX_THREADS = 1024  # OMP_NUM_THREADS of one rank
+MAX_TIMEOUT_S = 1e6  # ~11.6 days; a datetime.timedelta in the process group
+MAX_WORLD = 65536  # ranks of one run (a fake world emulates them one after another)
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 class ConfigError(ValueError):
@@ -63,6 +77,8 @@ class Settings:
     timeout_s: float = 600.0
     weights: str | None = None
     world_mode: str = "real"  # fake: one process emulates each rank, collectives move no data
+    # refuse runs whose estimated peak memory exceeds the device's (suite.memory); false: run
+    memory_check: bool = True
 
 
 def _looks_local(weights: str) -> bool:
@@ -70,14 +86,57 @@ def _looks_local(weights: str) -> bool:
     return weights.startswith(("/", ".", "~")) or weights.count("/") != 1
 
 
-_INT_MIN = {
-    "steps": 1,
-    "batch": 1,
-    "seed": 0,
-    "warmup_runs": 0,
-    "repeats": 1,
-    "threads_per_rank": 1,
+# integer settings: (least, most)
+_INT_RANGE = {
+    "steps": (1, MAX_COUNT),
+    "batch": (1, MAX_COUNT),
+    "seed": (0, MAX_SEED),
+    "warmup_runs": (0, MAX_COUNT),
+    "repeats": (1, MAX_COUNT),
+    "threads_per_rank": (1, MAX_THREADS),
 }
+_NUMBER_MAX = {"guidance": None, "timeout_s": MAX_TIMEOUT_S}
+_CHOICES = {"dtype": DTYPES, "device": DEVICES, "world_mode": WORLD_MODES}
+# the layouts workloads.models.pretrained_model loads: a saved model or a pipeline directory
+WEIGHTS_LAYOUTS = ("config.json", "unet/config.json", "transformer/config.json")
+
+
+def expand_path(value: str) -> Path:
+    """`value` with a leading ~ expanded (left as written when that user has no home)."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        return Path(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_weights(value: str, where: str, problems: list[str]) -> str | None:
+    """The weights setting, a local path expanded; None (and a problem) when it holds no model."""
+    if not value.strip():
+        problems.append(
+            f"{where}: {value!r} is empty; give a local diffusers model or pipeline directory, "
+            "or a hub id like 'org/name' (or leave it unset: packaged or random weights)"
+        )
+        return None
+    if not _looks_local(value):
+        return value  # a hub id: checked when a rank downloads it
+    path = expand_path(value)
+    if not path.is_dir():
+        problems.append(
+            f"{where}: {value!r} is not a directory; give a local diffusers model or pipeline "
+            "directory, or a hub id like 'org/name'"
+        )
+        return None
+    if not any((path / layout).is_file() for layout in WEIGHTS_LAYOUTS):
+        problems.append(
+            f"{where}: {value!r} holds no model: none of {', '.join(WEIGHTS_LAYOUTS)} is in it; "
+            "give a saved diffusers model directory (config.json) or a pipeline directory"
+        )
+        return None
+    return str(path)
 
 
 def _check_settings(raw: Any, path: str, base: Settings, problems: list[str]) -> Settings:
@@ -93,43 +152,42 @@ def _check_settings(raw: Any, path: str, base: Settings, problems: list[str]) ->
         if key not in allowed:
             problems.append(f"{where}: unknown setting; allowed: {', '.join(allowed)}")
             continue
-        if key in _INT_MIN:
-            ok_none = key == "steps" and value is None
-            if not ok_none and (
-                not isinstance(value, int) or isinstance(value, bool) or value < _INT_MIN[key]
-            ):
-                problems.append(f"{where}: {value!r}; must be an integer >= {_INT_MIN[key]}")
+        if value is None and key in ("steps", "guidance", "scheduler", "weights"):
+            values[key] = None  # the preset's default (weights: packaged or random)
+            continue
+        if key in _INT_RANGE:
+            least, most = _INT_RANGE[key]
+            if not _is_int(value) or not least <= value <= most:
+                problems.append(f"{where}: {value!r}; must be an integer >= {least} and <= {most}")
                 continue
-        elif key == "dtype" and value not in DTYPES:
-            problems.append(f"{where}: {value!r}; allowed: {', '.join(DTYPES)}")
-            continue
-        elif key == "device" and value not in DEVICES:
-            problems.append(f"{where}: {value!r}; allowed: {', '.join(DEVICES)}")
-            continue
-        elif key == "world_mode" and value not in WORLD_MODES:
-            problems.append(f"{where}: {value!r}; allowed: {', '.join(WORLD_MODES)}")
-            continue
-        elif (
-            key in ("guidance", "timeout_s")
-            and value is not None
-            and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0)
-        ):
-            problems.append(f"{where}: {value!r}; must be a number > 0")
-            continue
-        elif key in ("scheduler", "weights") and value is not None and not isinstance(value, str):
-            problems.append(f"{where}: {value!r}; must be a string")
-            continue
-        elif (
-            key == "weights"
-            and value is not None
-            and _looks_local(value)
-            and not Path(value).expanduser().is_dir()
-        ):
-            problems.append(
-                f"{where}: {value!r} is not a directory; give a local diffusers model or "
-                "pipeline directory, or a hub id like 'org/name'"
-            )
-            continue
+        elif key in _CHOICES:
+            if not isinstance(value, str) or value not in _CHOICES[key]:
+                problems.append(f"{where}: {value!r}; allowed: {', '.join(_CHOICES[key])}")
+                continue
+        elif key in _NUMBER_MAX:
+            most = _NUMBER_MAX[key]
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or value <= 0
+                or (most is not None and value > most)
+            ):
+                bound = f" and <= {most:g}" if most is not None else ""
+                problems.append(f"{where}: {value!r}; must be a finite number > 0{bound}")
+                continue
+        elif key == "memory_check":
+            if not isinstance(value, bool):
+                problems.append(f"{where}: {value!r}; allowed: true, false")
+                continue
+        elif key in ("scheduler", "weights"):
+            if not isinstance(value, str):
+                problems.append(f"{where}: {value!r}; must be a string")
+                continue
+            if key == "weights":
+                value = _check_weights(value, where, problems)
+                if value is None:
+                    continue
         values[key] = value
     return Settings(**values)
 
@@ -159,6 +217,7 @@ class RunSpec:
     timeout_s: float
     weights: str | None = None
     world_mode: str = "real"
+    memory_check: bool = True  # suite.memory refuses it when it would not fit (not identity)
 
     @property
     def backend(self) -> str:
@@ -177,6 +236,7 @@ class RunSpec:
         d = asdict(self)
         d.pop("experiment")
         d.pop("timeout_s")
+        d.pop("memory_check")
         return d
 
     @property
@@ -220,10 +280,10 @@ def _check_fidelity(raw: Any, problems: list[str]) -> FidelitySettings:
             problems.append(f"fidelity.{key}: unknown key; allowed: reference, weights_dir")
         elif value is not None and not isinstance(value, str):
             problems.append(f"fidelity.{key}: {value!r} must be a directory path")
-        elif key == "reference" and value and not Path(value).expanduser().is_dir():
+        elif key == "reference" and value and not expand_path(value).is_dir():
             problems.append(f"fidelity.reference: {value!r} is not a directory of images")
         elif value:
-            values[key] = str(Path(value).expanduser())
+            values[key] = str(expand_path(value))
     return FidelitySettings(**values)
 
 
@@ -241,7 +301,7 @@ _RESOLUTION = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 
 def _parse_resolution(value: Any) -> tuple[int, int] | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if _is_int(value) and value > 0:
         return value, value
     if isinstance(value, str):
         m = _RESOLUTION.match(value)
@@ -267,18 +327,61 @@ def _resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _check_world_size(w: Any, where: str, problems: list[str]) -> bool:
+    if not _is_int(w) or not 1 <= w <= MAX_WORLD:
+        problems.append(f"{where}: {w!r}; must be an integer >= 1 and <= {MAX_WORLD}")
+        return False
+    return True
+
+
+def _check_degree_map(degrees: Any, path: str, problems: list[str]) -> dict[str, int] | None:
+    """`degrees:` as {axis: degree}, every bad axis and degree reported; None if any is bad."""
+    if not isinstance(degrees, dict):
+        problems.append(f"{path}.degrees: {degrees!r} must map axis names to degrees")
+        return None
+    before = len(problems)
+    for axis, degree in degrees.items():
+        if axis not in AXES:
+            problems.append(f"{path}.degrees.{axis}: unknown mesh axis; allowed: {', '.join(AXES)}")
+        elif not _is_int(degree) or not 1 <= degree <= MAX_WORLD:
+            problems.append(
+                f"{path}.degrees.{axis}: {degree!r}; must be an integer >= 1 and <= {MAX_WORLD}"
+            )
+    if len(problems) > before:
+        return None
+    dims = ParallelDims.from_mapping(degrees)
+    if dims.world_size > MAX_WORLD:
+        problems.append(
+            f"{path}.degrees: {degrees} makes a world of {dims.world_size} ranks; at most "
+            f"{MAX_WORLD}"
+        )
+        return None
+    return degrees
+
+
+def _check_shape(entry: dict, path: str, problems: list[str]) -> None:
+    """What can be checked of an entry whose strategy is unknown: the form of its fields."""
+    if entry.get("degrees") is not None:
+        _check_degree_map(entry["degrees"], path, problems)
+    for i, w in enumerate(_as_list(entry.get("world_sizes"), f"{path}.world_sizes", problems)):
+        _check_world_size(w, f"{path}.world_sizes[{i}]", problems)
+    for key in ("options", "sweep"):
+        raw = entry.get(key)
+        if raw is not None and not isinstance(raw, dict):
+            problems.append(f"{path}.{key}: {raw!r} must be a mapping")
+    sweep = entry.get("sweep")
+    for name, values in (sweep if isinstance(sweep, dict) else {}).items():
+        if not isinstance(values, list) or not values:
+            problems.append(f"{path}.sweep.{name}: {values!r} must be a non-empty list")
+
+
 def _check_degrees(entry: dict, strategy, path: str, problems: list[str]) -> list[dict[str, int]]:
     """The list of degree mappings (one per world size) an entry asks for."""
     degrees, world_sizes = entry.get("degrees"), entry.get("world_sizes")
     if degrees is not None:
-        if not isinstance(degrees, dict):
-            problems.append(f"{path}.degrees: {degrees!r} must map axis names to degrees")
+        if _check_degree_map(degrees, path, problems) is None:
             return []
-        try:
-            dims = ParallelDims.from_mapping(degrees)
-        except ValueError as e:
-            problems.append(f"{path}.degrees: {e}")
-            return []
+        dims = ParallelDims.from_mapping(degrees)
         foreign = [a for a in dims.active() if a not in strategy.axes]
         if foreign:
             allowed = ", ".join(strategy.axes) or "none (it runs on one device)"
@@ -298,9 +401,9 @@ def _check_degrees(entry: dict, strategy, path: str, problems: list[str]) -> lis
         return [dims.active()]
     out = []
     for i, w in enumerate(_as_list(world_sizes, f"{path}.world_sizes", problems) or [1]):
-        if not isinstance(w, int) or isinstance(w, bool) or w < 1:
-            problems.append(f"{path}.world_sizes[{i}]: {w!r}; must be an integer >= 1")
-        elif w > 1 and not strategy.axes:
+        if not _check_world_size(w, f"{path}.world_sizes[{i}]", problems):
+            continue
+        if w > 1 and not strategy.axes:
             problems.append(
                 f"{path}.world_sizes[{i}]: {w}; strategy '{strategy.name}' runs on one device, "
                 "so its world size must be 1"
@@ -311,47 +414,85 @@ def _check_degrees(entry: dict, strategy, path: str, problems: list[str]) -> lis
 
 
 def _check_options(entry: dict, strategy, path: str, problems: list[str]) -> list[dict[str, Any]]:
-    """Every combination of options (fixed options x sweep values) an entry asks for."""
+    """Every combination of options (fixed options x sweep values) an entry asks for; every bad
+    option and value is reported, and none is returned if there is one."""
     options = entry.get("options") or {}
     sweep = entry.get("sweep") or {}
+    before = len(problems)
     for key, raw in (("options", options), ("sweep", sweep)):
         if not isinstance(raw, dict):
             problems.append(f"{path}.{key}: {raw!r} must be a mapping")
-            return []
-    base = {}
-    for name, value in {**options, **{k: None for k in sweep}}.items():
-        where = f"{path}.{'sweep' if name in sweep else 'options'}.{name}"
+    if len(problems) > before:
+        return []
+    allowed = ", ".join(strategy.options) or "none"
+    base, sweep_values = {}, []
+    for name, value in options.items():
+        where = f"{path}.options.{name}"
         if name not in strategy.options:
-            allowed = ", ".join(strategy.options) or "none"
             problems.append(f"{where}: unknown option of '{strategy.name}'; allowed: {allowed}")
-            return []
-        if name in options and name not in sweep:
-            err = strategy.options[name].check(name, value)
-            if err:
-                problems.append(f"{where}: {err}")
-                return []
+        elif name in sweep:
+            problems.append(f"{where}: set in both options and sweep; give it in one of them")
+        elif err := strategy.options[name].check(name, value):
+            problems.append(f"{where}: {err}")
+        else:
             base[name] = value
-    sweep_values = []
     for name, values in sweep.items():
-        if not isinstance(values, list) or not values:
-            problems.append(f"{path}.sweep.{name}: {values!r} must be a non-empty list")
-            return []
-        for v in values:
-            err = strategy.options[name].check(name, v)
-            if err:
-                problems.append(f"{path}.sweep.{name}: {err}")
-                return []
-        sweep_values.append([(name, v) for v in values])
+        where = f"{path}.sweep.{name}"
+        if name not in strategy.options:
+            problems.append(f"{where}: unknown option of '{strategy.name}'; allowed: {allowed}")
+        elif not isinstance(values, list) or not values:
+            problems.append(f"{where}: {values!r} must be a non-empty list")
+        else:
+            errs = [e for v in values if (e := strategy.options[name].check(name, v))]
+            problems.extend(f"{where}: {e}" for e in errs)
+            sweep_values.append([(name, v) for v in values])
+    if len(problems) > before:
+        return []
     resolved = {k: o.default for k, o in strategy.options.items()} | base
     return [resolved | dict(combo) for combo in itertools.product(*sweep_values)]
 
 
+def _check_geometry(presets: list, resolutions: list[tuple[int, int]], problems: list[str]):
+    """(preset name, h, w) pairs the presets cannot take, each reported once."""
+    from workloads.limits import check_resolution
+
+    bad = set()
+    for preset, (h, w) in itertools.product(presets, resolutions):
+        multiple = preset.vae_scale_factor * preset.spatial_multiple
+        if h % multiple or w % multiple:
+            problems.append(
+                f"resolutions: {h}x{w} for {preset.name}; height and width must be "
+                f"multiples of {multiple} (VAE factor {preset.vae_scale_factor} x "
+                f"latent multiple {preset.spatial_multiple})"
+            )
+            bad.add((preset.name, h, w))
+            continue
+        try:
+            check_resolution(preset, h, w)
+        except ValueError as e:
+            problems.append(f"resolutions: {h}x{w} for {preset.name}: {e}")
+            bad.add((preset.name, h, w))
+    return bad
+
+
+def _settings_path(entry: dict, key: str, path: str) -> str:
+    """Where setting `key` of an entry's runs was written: the entry's settings or the top's."""
+    own = entry.get("settings")
+    return f"{path}.settings.{key}" if isinstance(own, dict) and key in own else f"settings.{key}"
+
+
 def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
-    """Validate a loaded YAML document and expand its grid; raise ConfigError on any problem."""
-    import workloads
+    """Validate a loaded YAML document and expand its grid; raise ConfigError on any problem.
+
+    Every problem of the document is reported, each once. Checks that need torch (resolving
+    `device: auto`, counting GPUs) run only when the torch-free ones all passed.
+    """
+    from workloads.limits import check_scheduler, check_steps
+    from workloads.presets import get_preset
 
     problems: list[str] = []
-    notes: list[str] = []
+    if raw is None:
+        raise ConfigError(["top level: the document is empty; expected a mapping"], source)
     if not isinstance(raw, dict):
         raise ConfigError([f"top level: expected a mapping, got {type(raw).__name__}"], source)
     known = {
@@ -367,17 +508,20 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
         if key not in known:
             problems.append(f"{key}: unknown key; allowed: {', '.join(sorted(known))}")
     experiment = raw.get("experiment")
-    if not isinstance(experiment, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", experiment or ""):
+    if not isinstance(experiment, str) or not EXPERIMENT_NAME.fullmatch(experiment):
         problems.append(
-            f"experiment: {experiment!r}; must be a name of letters, digits, '_', '.', '-'"
+            f"experiment: {experiment!r}; must be a name of up to 100 letters, digits, '_', '.', "
+            "'-' starting with a letter or digit (it names the results directory: no paths)"
         )
     presets = []
     names = _as_list(raw.get("workloads"), "workloads", problems)
-    if not names:
+    if not names and isinstance(raw.get("workloads"), list | None):
         problems.append("workloads: missing or empty; name at least one preset")
     for i, name in enumerate(names):
         try:
-            presets.append(workloads.get_preset(name))
+            if not isinstance(name, str):
+                raise ValueError(f"{name!r} must be a preset name (a string)")
+            presets.append(get_preset(name))
         except ValueError as e:
             problems.append(f"workloads[{i}]: {e}")
     resolutions = []
@@ -389,35 +533,48 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
             resolutions.append(parsed)
     if not resolutions and not any(p.startswith("resolutions") for p in problems):
         problems.append("resolutions: missing or empty; e.g. [256] or ['512x1024']")
+    bad_geometry = _check_geometry(presets, resolutions, problems)
+    settings_before = len(problems)
     settings = _check_settings(raw.get("settings"), "settings", Settings(), problems)
+    top_settings_ok = len(problems) == settings_before
     fidelity = _check_fidelity(raw.get("fidelity"), problems)
 
     entries = _as_list(raw.get("strategies"), "strategies", problems)
-    if not entries:
+    if not entries and isinstance(raw.get("strategies"), list | None):
         problems.append(
             "strategies: missing or empty; e.g. [{name: none}, {name: data, world_sizes: [2]}]"
         )
-    runs: list[RunSpec] = []
+    runs: list[tuple[str, RunSpec]] = []
     for i, entry in enumerate(entries):
         path = f"strategies[{i}]"
-        if not isinstance(entry, dict) or "name" not in entry:
+        if not isinstance(entry, dict):
             problems.append(f"{path}: {entry!r} must be a mapping with at least 'name'")
             continue
         extra = set(entry) - {"name", "degrees", "world_sizes", "options", "sweep", "settings"}
         if extra:
             problems.append(
-                f"{path}: unknown key(s) {sorted(extra)}; allowed: name, degrees, world_sizes, "
-                "options, sweep, settings"
+                f"{path}: unknown key(s) {sorted(extra, key=str)}; allowed: name, degrees, "
+                "world_sizes, options, sweep, settings"
             )
-        try:
-            strategy = parallel.get(entry["name"])
-        except ValueError as e:
-            problems.append(f"{path}.name: {e}")
+        before = len(problems)
+        s = _check_settings(entry.get("settings"), f"{path}.settings", settings, problems)
+        settings_ok = top_settings_ok and len(problems) == before
+        strategy = None
+        if "name" not in entry:
+            problems.append(
+                f"{path}.name: missing; allowed: {', '.join(sorted(parallel.REGISTRY))}, or "
+                "parts joined by '+'"
+            )
+        else:
+            try:
+                strategy = parallel.get(entry["name"])
+            except ValueError as e:
+                problems.append(f"{path}.name: {e}")
+        if strategy is None:
+            _check_shape(entry, path, problems)
             continue
         degree_sets = _check_degrees(entry, strategy, path, problems)
         option_sets = _check_options(entry, strategy, path, problems)
-        s = _check_settings(entry.get("settings"), f"{path}.settings", settings, problems)
-        device = _resolve_device(s.device)
         for preset, (h, w), degrees, options in itertools.product(
             presets, resolutions, degree_sets, option_sets
         ):
@@ -429,69 +586,61 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
                     f"{', '.join(sorted(strategy.families))}"
                 )
                 continue
-            multiple = preset.vae_scale_factor * preset.spatial_multiple
-            if h % multiple or w % multiple:
-                problems.append(
-                    f"resolutions: {h}x{w} for {preset.name}; height and width must be "
-                    f"multiples of {multiple} (VAE factor {preset.vae_scale_factor} x "
-                    f"latent multiple {preset.spatial_multiple})"
-                )
-                continue
+            if (preset.name, h, w) in bad_geometry or not settings_ok:
+                continue  # reported above; checks on top of a bad value would only echo it
             scheduler = s.scheduler or preset.default_scheduler
+            steps = s.steps or preset.default_steps
             try:
-                workloads.make_scheduler(scheduler, preset, steps=1, height=h, width=w)
+                check_scheduler(scheduler, preset)
             except ValueError as e:
-                problems.append(f"{path}.settings.scheduler: {e}")
+                problems.append(f"{_settings_path(entry, 'scheduler', path)}: {e}")
                 continue
-            world = ParallelDims.from_mapping(degrees).world_size
+            try:
+                check_steps(steps, scheduler)
+            except ValueError as e:
+                problems.append(f"{_settings_path(entry, 'steps', path)}: {e}")
+                continue
             spec = RunSpec(
                 experiment=experiment or "",
                 workload=preset.name,
                 height=h,
                 width=w,
-                steps=s.steps or preset.default_steps,
+                steps=steps,
                 scheduler=scheduler,
                 guidance=float(s.guidance if s.guidance is not None else preset.default_guidance),
                 batch=s.batch,
                 seed=s.seed,
                 dtype=s.dtype,
-                device=device,
+                device=s.device,  # 'auto' is resolved below, once everything else passed
                 strategy=strategy.name,
                 degrees=tuple((a, d) for a, d in degrees.items()),
                 options=tuple(sorted(options.items())),
-                world_size=world,
+                world_size=ParallelDims.from_mapping(degrees).world_size,
                 warmup_runs=s.warmup_runs,
                 repeats=s.repeats,
                 threads_per_rank=s.threads_per_rank,
                 timeout_s=float(s.timeout_s),
                 weights=s.weights,
                 world_mode=s.world_mode,
+                memory_check=s.memory_check,
             )
+            if s.weights is not None and not _weights_fit(s.weights, preset):
+                problems.append(
+                    f"{_settings_path(entry, 'weights', path)}: {s.weights!r} is a pipeline "
+                    f"directory without {preset.weights_subfolder}/config.json, the subfolder "
+                    f"{preset.name} loads"
+                )
+                continue
             if strategy.validate is not None:
                 errs = strategy.validate(spec, preset)
                 if errs:
                     problems.extend(f"{where}: {e}" for e in errs)
                     continue
-            if s.world_mode == "fake":
-                pass  # one process emulates the ranks in turn: any world size fits
-            elif device == "cuda":
-                import torch
-
-                if world > torch.cuda.device_count():
-                    problems.append(
-                        f"{path}: world size {world} needs {world} GPUs; this machine has "
-                        f"{torch.cuda.device_count()} (use torchrun across nodes)"
-                    )
-                    continue
-            elif world * s.threads_per_rank > (os.cpu_count() or 1):
-                notes.append(
-                    f"{where}: world {world} x {s.threads_per_rank} threads exceeds the "
-                    f"{os.cpu_count()} CPU cores; its scaling numbers will be oversubscribed"
-                )
-            runs.append(spec)
+            runs.append((where, spec))
     if problems:
-        raise ConfigError(problems, source)
-    unique = list(dict.fromkeys(runs))  # the same run listed twice is run once
+        raise ConfigError(list(dict.fromkeys(problems)), source)
+    specs, notes = _device_checks(runs, source)
+    unique = list(dict.fromkeys(specs))  # the same run listed twice is run once
     return ExperimentConfig(
         experiment=experiment,
         description=str(raw.get("description", "")),
@@ -502,16 +651,106 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
     )
 
 
+def _weights_fit(weights: str, preset) -> bool:
+    """False for a local pipeline directory lacking the preset's subfolder (hub ids pass)."""
+    path = Path(weights)
+    if not _looks_local(weights) or (path / "config.json").is_file():
+        return True
+    return (path / preset.weights_subfolder / "config.json").is_file()
+
+
+def _device_checks(runs: list[tuple[str, RunSpec]], source: str):
+    """Second phase, on a config whose torch-free checks passed: resolve `device: auto`, check
+    GPU counts, note CPU oversubscription. Imports torch only when a run asks for a GPU."""
+    problems, notes, specs = [], [], []
+    for where, spec in runs:
+        device = _resolve_device(spec.device)
+        if device != spec.device:
+            spec = dataclasses.replace(spec, device=device)
+        if spec.world_mode == "fake":
+            pass  # one process emulates the ranks in turn: any world size fits
+        elif device == "cuda":
+            import torch
+
+            if spec.world_size > torch.cuda.device_count():
+                problems.append(
+                    f"{where}: world size {spec.world_size} needs {spec.world_size} GPUs; this "
+                    f"machine has {torch.cuda.device_count()} (use torchrun across nodes)"
+                )
+                continue
+        elif spec.world_size * spec.threads_per_rank > (os.cpu_count() or 1):
+            notes.append(
+                f"{where}: world {spec.world_size} x {spec.threads_per_rank} threads exceeds the "
+                f"{os.cpu_count()} CPU cores; its scaling numbers will be oversubscribed"
+            )
+        specs.append(spec)
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)), source)
+    return specs, notes
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, noting every key that a mapping repeats (YAML keeps the last value
+    silently) so that the config check reports it with its line numbers."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # '<<' merges: overriding merged keys is what they are for
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    line = first.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+                if line != key_node.start_mark.line + 1:
+                    self.duplicates.append(
+                        f"line {key_node.start_mark.line + 1}: duplicate key {key!r} (first at "
+                        f"line {line}); YAML would keep only the last value: give each key once"
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a YAML experiment file."""
+    """Read and validate a YAML experiment file (UTF-8; keys unique within each mapping)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError([f"{path}: no such file"], str(path))
+    if not path.is_file():
+        raise ConfigError([f"{path}: not a file (give an experiment YAML file)"], str(path))
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot be read: {e.strerror or e}"], str(path)) from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            [
+                f"{path}: not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start}; save "
+                "the config as UTF-8"
+            ],
+            str(path),
+        ) from e
+    loader = _UniqueKeyLoader(text)
+    try:
+        raw = loader.get_single_data()
     except yaml.YAMLError as e:
         raise ConfigError([f"not valid YAML: {e}"], str(path)) from e
-    return parse_config(raw, str(path))
+    finally:
+        loader.dispose()
+    try:
+        config = parse_config(raw, str(path))
+    except ConfigError as e:
+        raise ConfigError(loader.duplicates + e.problems, str(path)) from None
+    if loader.duplicates:
+        raise ConfigError(loader.duplicates, str(path))
+    return config
 
 
 __all__ = [

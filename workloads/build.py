@@ -9,6 +9,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .denoiser import Denoiser
 from .inputs import Inputs, make_inputs
+from .limits import check_resolution
 from .models import packaged_model, pretrained_model, random_model
 from .presets import Preset, get_preset
 from .schedulers import check_scheduler, make_scheduler
@@ -31,34 +32,6 @@ class Workload:
     def new_scheduler(self) -> SchedulerMixin:
         """A fresh solver for one denoising loop."""
         return make_scheduler(self.scheduler, self.preset, self.steps, self.height, self.width)
-
-
-def check_resolution(preset: Preset, height: int, width: int) -> None:
-    """ValueError unless height x width pixels fit the preset's latent and patch grid (pixels)."""
-    multiple = preset.vae_scale_factor * preset.spatial_multiple
-    # SD3 crops a fixed table of positional embeddings: larger latents have no positions
-    max_patches = preset.config.get("pos_embed_max_size")
-    limit = (
-        max_patches * preset.config["patch_size"] * preset.vae_scale_factor if max_patches else 0
-    )
-    for field, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or value <= 0 or value % multiple:
-            raise ValueError(
-                f"{field}={value!r} is not allowed for preset {preset.name!r}: must be a positive "
-                f"multiple of {multiple} pixels (vae_scale_factor {preset.vae_scale_factor} x "
-                f"spatial_multiple {preset.spatial_multiple})"
-            )
-        if limit and value > limit:
-            raise ValueError(
-                f"{field}={value} is not allowed for preset {preset.name!r}: at most {limit} "
-                f"pixels (pos_embed_max_size {max_patches} patches)"
-            )
-    if preset.family == "dit" and height != width:
-        # DiTTransformer2DModel un-patchifies assuming a square token grid
-        raise ValueError(
-            f"width={width} is not allowed for preset {preset.name!r}: must equal height={height} "
-            f"(diffusers' DiT supports square images only)"
-        )
 
 
 def build(

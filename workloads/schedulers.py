@@ -13,10 +13,15 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from .limits import (  # noqa: F401 - solver names and limits live in the torch-free module
+    FLOW_SCHEDULERS,
+    NUM_TRAIN_TIMESTEPS,
+    SCHEDULERS,
+    allowed_schedulers,
+    check_scheduler,
+    check_steps,
+)
 from .presets import Preset
-
-SCHEDULERS: tuple[str, ...] = ("ddim", "dpm-solver++", "euler", "flow-match-euler")
-FLOW_SCHEDULERS: tuple[str, ...] = ("flow-match-euler",)
 
 # Solver-specific settings; all deterministic (DDIM's eta defaults to 0 in step()).
 _SOLVERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
@@ -72,26 +77,6 @@ _NOISE: dict[str, dict[str, Any]] = {
 }
 
 
-def allowed_schedulers(preset: Preset) -> tuple[str, ...]:
-    """Solvers that match the preset's prediction type (velocity vs noise)."""
-    if preset.flow_matching:
-        return FLOW_SCHEDULERS
-    return tuple(s for s in SCHEDULERS if s not in FLOW_SCHEDULERS)
-
-
-def check_scheduler(name: str, preset: Preset) -> None:
-    """ValueError unless `name` is a known solver that fits the preset."""
-    if name not in SCHEDULERS:
-        raise ValueError(f"scheduler={name!r} is unknown; allowed: {', '.join(SCHEDULERS)}")
-    allowed = allowed_schedulers(preset)
-    if name not in allowed:
-        kind = "flow-matching" if preset.flow_matching else "noise-prediction"
-        raise ValueError(
-            f"scheduler={name!r} does not fit preset {preset.name!r} ({kind} model); "
-            f"allowed for it: {', '.join(allowed)}"
-        )
-
-
 def flux_mu(image_seq_len: int) -> float:
     """Flux's dynamic time shift for a packed image of image_seq_len tokens."""
     cfg = _NOISE["flux"]
@@ -111,9 +96,10 @@ def make_scheduler(
     check_scheduler(name, preset)
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1")
+    check_steps(steps, name)
     cls, solver = _SOLVERS[name]
     noise = {**_NOISE[preset.family], **preset.scheduler_config}  # a preset may retrain it
-    scheduler = cls.from_config({"num_train_timesteps": 1000, **noise, **solver})
+    scheduler = cls.from_config({"num_train_timesteps": NUM_TRAIN_TIMESTEPS, **noise, **solver})
     if preset.family == "flux":
         tokens = (height // preset.vae_scale_factor // 2) * (width // preset.vae_scale_factor // 2)
         # the Flux pipeline's sigma grid: linear from 1 to 1/steps, then shifted by mu

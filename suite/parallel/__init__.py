@@ -11,19 +11,27 @@ options the union, and whose validation runs every part's. Its apply composes th
 fixed order, outermost first along the mesh axes (data, cfg, pipefusion, ring, ulysses, tensor,
 patch): each part sees the workload as the parts outside it left it (cfg: B images without a
 CFG branch), and each part's denoiser calls the one of the parts inside it.
+
+Importing this package loads no torch: the registry (registry.py) and every strategy's
+validation (checks.py) are plain data and functions, so configs are checked in milliseconds.
+A strategy's `apply` is a "module:function" path, imported when a rank first applies it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from suite.comm import Comm
 from suite.mesh import AXES
+
+if TYPE_CHECKING:
+    import torch
+
+    from suite.comm import Comm
 
 
 class Unsupported(RuntimeError):
@@ -60,11 +68,16 @@ class Option:
     minimum: float | None = None
 
     def check(self, name: str, value: Any) -> str | None:
-        if self.choices is not None and value not in self.choices:
+        # by type too: 0 == False and 1.0 == 1 must not pass for a boolean or an int choice
+        if self.choices is not None and not any(
+            type(value) is type(c) and value == c for c in self.choices
+        ):
             return f"option '{name}' is {value!r}; allowed: {', '.join(map(repr, self.choices))}"
         if self.kind is not None and (not isinstance(value, self.kind) or isinstance(value, bool)):
             return f"option '{name}' is {value!r}; it must be of type {self.kind.__name__}"
-        if self.minimum is not None and value < self.minimum:
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"option '{name}' is {value!r}; it must be a finite number"
+        if self.minimum is not None and isinstance(value, int | float) and value < self.minimum:
             return f"option '{name}' is {value!r}; it must be >= {self.minimum}"
         return None
 
@@ -76,7 +89,8 @@ class Strategy:
     families: frozenset[str]  # workload families it supports
     exact: bool  # output equals the single-device output up to floating-point rounding
     paper: str
-    apply: Callable[..., Parallelized]  # (workload, comm, options) -> Parallelized
+    # (workload, comm, options) -> Parallelized, or its "module:function" path (imported on use)
+    apply: Callable[..., Parallelized] | str
     options: dict[str, Option] = field(default_factory=dict)
     # extra checks on (RunSpec, Preset) before any process starts; returns error sentences
     validate: Callable[[Any, Any], list[str]] | None = None
@@ -90,8 +104,19 @@ def register(strategy: Strategy) -> Strategy:
     return strategy
 
 
+def _callable(apply: Callable[..., Parallelized] | str) -> Callable[..., Parallelized]:
+    """A strategy's apply function, importing its module when given as "module:function"."""
+    if callable(apply):
+        return apply
+    module, _, function = apply.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def get(name: str) -> Strategy:
     """The strategy called `name`; a '+'-joined name gives the composite of its parts."""
+    if not isinstance(name, str) or not name.strip():
+        allowed = ", ".join(sorted(REGISTRY))
+        raise ValueError(f"strategy name {name!r} must be a non-empty string; allowed: {allowed}")
     if "+" in name:
         return _composite(name)
     if name not in REGISTRY:
@@ -107,7 +132,7 @@ def apply(name: str, workload, comm: Comm, options: dict[str, Any]) -> Paralleli
     """Parallelize `workload` on this rank with strategy `name`."""
     strategy = get(name)
     resolved = {k: opt.default for k, opt in strategy.options.items()} | dict(options)
-    return strategy.apply(workload, comm, resolved)
+    return _callable(strategy.apply)(workload, comm, resolved)
 
 
 # -- composition ---------------------------------------------------------------------------
@@ -173,12 +198,13 @@ class _Inner:
 def _apply_composed(parts: list[Strategy], workload, comm: Comm, options: dict) -> Parallelized:
     # Parts sharing one apply are one transform reading several axes (ring and ulysses: the
     # sequence split over ring x ulysses): apply it once.
-    unique = [p for i, p in enumerate(parts) if all(p.apply is not q.apply for q in parts[:i])]
+    applies = [_callable(p.apply) for p in parts]
+    unique = [f for i, f in enumerate(applies) if all(f is not g for g in applies[:i])]
     links, pars, inputs = [], [], workload.inputs
-    for part in unique:  # outermost first
+    for apply_part in unique:  # outermost first
         link = _Inner(workload.denoiser)
         view = dataclasses.replace(workload, denoiser=link, inputs=inputs)
-        par = part.apply(view, comm, options)
+        par = apply_part(view, comm, options)
         links.append(link)
         pars.append(par)
         inputs = par.inputs
@@ -217,13 +243,5 @@ def _apply_composed(parts: list[Strategy], workload, comm: Comm, options: dict) 
     )
 
 
-def _register_all() -> None:
-    """Import every module of this package: each registers its strategies on import."""
-    import importlib
-    import pkgutil
-
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
-
-
-_register_all()
+# Registered last: registry.py imports Option, Strategy and register from this module.
+from suite.parallel import registry as _registry  # noqa: E402, F401

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from suite.parallel import Parallelized, Strategy, register
-from suite.parallel.single import ALL_FAMILIES
+from suite.parallel import Parallelized
 
 
 def apply_data(workload, comm, options) -> Parallelized:
@@ -31,29 +30,6 @@ def apply_data(workload, comm, options) -> Parallelized:
     return Parallelized(
         denoiser=workload.denoiser, inputs=inputs, gather=gather, modules=[workload.denoiser]
     )
-
-
-def _validate_data(spec, preset) -> list[str]:
-    degree = dict(spec.degrees).get("data", 1)
-    if spec.batch % degree:
-        return [
-            f"batch {spec.batch} does not split over data degree {degree}; "
-            "the batch must be a multiple of the data degree"
-        ]
-    return []
-
-
-register(
-    Strategy(
-        name="data",
-        axes=("data",),
-        families=ALL_FAMILIES,
-        exact=True,
-        paper="data parallelism (independent images per device)",
-        apply=apply_data,
-        validate=_validate_data,
-    )
-)
 
 
 def apply_cfg(workload, comm, options) -> Parallelized:
@@ -78,34 +54,3 @@ def apply_cfg(workload, comm, options) -> Parallelized:
         inputs=Inputs(inputs.latents, branch, None),
         modules=[workload.denoiser],
     )
-
-
-def _validate_cfg(spec, preset) -> list[str]:
-    degree = dict(spec.degrees).get("cfg", 1)
-    problems = []
-    if degree != 2:
-        problems.append(f"cfg degree {degree}; it must be 2 (one rank per guidance branch)")
-    if not preset.cfg:
-        problems.append(
-            f"{preset.name} runs no unconditional branch (preset cfg=False, e.g. "
-            "guidance-distilled); cfg parallelism needs a model with classifier-free guidance"
-        )
-    elif spec.guidance <= 1.0:
-        problems.append(
-            f"guidance {spec.guidance} runs no unconditional branch; cfg parallelism needs "
-            "guidance > 1"
-        )
-    return problems
-
-
-register(
-    Strategy(
-        name="cfg",
-        axes=("cfg",),
-        families=ALL_FAMILIES,
-        exact=True,
-        paper="CFG parallelism (xDiT, Fang et al. 2024): one guidance branch per device",
-        apply=apply_cfg,
-        validate=_validate_cfg,
-    )
-)

@@ -23,9 +23,7 @@ import contextlib
 import torch
 
 from suite.mesh import library_mesh
-from suite.parallel import Parallelized, Strategy, Unsupported, register
-from suite.parallel.plans import get_plan, image_tokens
-from suite.parallel.sequence import SEQUENCE_FAMILIES
+from suite.parallel import Parallelized, Unsupported
 
 
 @contextlib.contextmanager
@@ -120,54 +118,3 @@ def apply_diffusers_tp(workload, comm, options) -> Parallelized:
     return Parallelized(
         denoiser=workload.denoiser, inputs=workload.inputs, modules=[workload.denoiser]
     )
-
-
-def _validate_cp(spec, preset) -> list[str]:
-    """The library splits image and text tokens over ring x ulysses and heads over ulysses."""
-    d = dict(spec.degrees)
-    ring, ulysses = d.get("ring", 1), d.get("ulysses", 1)
-    problems = []
-    if preset.heads % ulysses:
-        problems.append(
-            f"ulysses degree {ulysses} does not divide the {preset.heads} attention heads of "
-            f"{preset.name}"
-        )
-    rows, cols = image_tokens(get_plan(preset.family), preset, spec.height, spec.width)
-    for what, count in (("image", rows * cols), ("text", preset.text_len)):
-        if count % (ring * ulysses):
-            problems.append(
-                f"{count} {what} tokens do not split into ring x ulysses = {ring * ulysses} "
-                "equal parts (diffusers splits both)"
-            )
-    return problems
-
-
-def _validate_tp(spec, preset) -> list[str]:
-    n = dict(spec.degrees).get("tensor", 1)
-    if preset.heads % n:
-        return [f"tensor degree {n} does not divide the {preset.heads} heads of {preset.name}"]
-    return []
-
-
-register(
-    Strategy(
-        name="diffusers_cp",
-        axes=("ulysses", "ring"),
-        families=SEQUENCE_FAMILIES,
-        exact=True,
-        paper="diffusers ContextParallelConfig (the library's Ulysses / Ring attention)",
-        apply=apply_diffusers_cp,
-        validate=_validate_cp,
-    )
-)
-register(
-    Strategy(
-        name="diffusers_tp",
-        axes=("tensor",),
-        families=SEQUENCE_FAMILIES,
-        exact=True,
-        paper="diffusers TensorParallelConfig (the library's tensor parallelism)",
-        apply=apply_diffusers_tp,
-        validate=_validate_tp,
-    )
-)

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from suite.parallel import Option, Parallelized, Strategy, register
+from suite.parallel import Parallelized
+from suite.parallel.checks import UNET_FAMILIES, token_patch
 from suite.parallel.patch_flux import FluxPatchProcessor
 from suite.parallel.patch_modules import (
     HaloConv,
@@ -40,11 +41,6 @@ from suite.parallel.patch_modules import (
     exchange_self_attention,
 )
 from suite.parallel.patch_state import PatchState
-from suite.parallel.single import ALL_FAMILIES
-
-GN_MODES = ("separate", "stale", "corrected", "sync")
-SPLITS = ("row", "column", "alternate")
-
 
 # -- per-family plans (data; to move into suite/parallel/plans.py) -------------------------
 
@@ -76,20 +72,6 @@ PLANS: dict[str, PatchPlan] = {
         "x_embedder", "proj_out", ("attn",), embed_input=True, rope="pos_embed", flux_attention=True
     ),
 }
-
-
-UNET_FAMILIES = frozenset({"unet", "unet2d"})  # convolutional: bands of latent rows, halos
-
-
-def token_patch(preset) -> int:
-    """Latent rows (and columns) per token of a token model (Flux packs 2x2 latent pixels)."""
-    patch = int(preset.config.get("patch_size", 1))
-    return 2 * patch if preset.family == "flux" else patch
-
-
-def unet_downsample(preset) -> int:
-    """Total downsampling factor of a UNet: each band must stay whole through it."""
-    return 2 ** (len(preset.config["block_out_channels"]) - 1)
 
 
 # -- the denoiser ------------------------------------------------------------------------------
@@ -172,6 +154,7 @@ def apply_distrifusion(workload, comm, options) -> Parallelized:
         warmup_steps=options["warmup_steps"],
         full_sync=options["full_sync"],
         total_steps=_steps(workload),
+        coalesce=options["coalesce"],
     )
     if state.n > 1:
         _wrap_distrifusion(workload.model, plan, state, options["gn_mode"])
@@ -202,71 +185,3 @@ def apply_naive_patch(workload, comm, options) -> Parallelized:
         modules=[workload.denoiser],
         on_step=state.begin_step,
     )
-
-
-# -- validation (before any process starts) ----------------------------------------------------
-
-
-def _check_bands(spec, preset, axes: tuple[str, ...]) -> list[str]:
-    """Errors unless the patch degree cuts the latent (UNet) or token grid into whole bands."""
-    n = dict(spec.degrees).get("patch", 1)
-    vae = preset.vae_scale_factor
-    size = {"row": spec.height // vae, "column": spec.width // vae}
-    if preset.family in UNET_FAMILIES:
-        unit, multiple = "latent", unet_downsample(preset)
-        why = f"the UNet downsamples by {multiple}, so each band must be a multiple of {multiple}"
-    else:
-        unit, multiple, patch = "token", 1, token_patch(preset)
-        size = {k: v // patch for k, v in size.items()}
-        why = f"tokens are {patch}x{patch} latent pixels"
-    errors = []
-    for axis in axes:
-        total, name = size[axis], "rows" if axis == "row" else "columns"
-        if total % (n * multiple):
-            allowed = [d for d in range(1, total + 1) if total % (d * multiple) == 0]
-            errors.append(
-                f"patch degree {n} does not split the {total} {unit} {name} of "
-                f"{spec.height}x{spec.width} px into equal bands ({why}); "
-                f"allowed patch degrees here: {', '.join(map(str, allowed))}"
-            )
-    return errors
-
-
-def _validate_naive(spec, preset) -> list[str]:
-    split = spec.options_dict.get("split", "alternate")
-    return _check_bands(spec, preset, ("row", "column") if split == "alternate" else (split,))
-
-
-def _validate_distrifusion(spec, preset) -> list[str]:
-    return _check_bands(spec, preset, ("row",))
-
-
-register(
-    Strategy(
-        name="naive_patch",
-        axes=("patch",),
-        families=ALL_FAMILIES,
-        exact=False,
-        paper="Naive Patch baseline of DistriFusion (Li et al., CVPR 2024)",
-        apply=apply_naive_patch,
-        options={"split": Option("alternate", choices=SPLITS)},
-        validate=_validate_naive,
-    )
-)
-
-register(
-    Strategy(
-        name="distrifusion",
-        axes=("patch",),
-        families=ALL_FAMILIES,
-        exact=False,  # exact with full_sync=True
-        paper="DistriFusion: displaced patch parallelism (Li et al., CVPR 2024)",
-        apply=apply_distrifusion,
-        options={
-            "gn_mode": Option("corrected", choices=GN_MODES),
-            "warmup_steps": Option(1, kind=int, minimum=0),
-            "full_sync": Option(False, choices=(False, True)),
-        },
-        validate=_validate_distrifusion,
-    )
-)

@@ -13,17 +13,30 @@ One buffer per layer, not two: `build` copies what it needs out of the buffer (i
 anyway, to put this rank's fresh slot in place and re-lay the batch) before the next gather is
 issued into it, so the async write never races the read. Stale memory is therefore one
 (n, *fresh.shape) buffer per exchanging layer: the design table's KV·L for attention.
+
+Coalescing (`coalesce`, the reference code's batching of small async all-gathers): a UNet step
+has ~90 exchanges, and each all-gather costs its own launch (Python, the backend's queue, a
+rendezvous of the ranks) whatever its size. With `coalesce="block"` the async steps stage each
+layer's fresh tensor instead of gathering it, and issue one all-gather per top-level block
+(`down_blocks.1`, `mid_block.attentions.0`, `transformer_blocks.3`, ...) when the next block's
+first exchange arrives, and the step's last bucket just before the output is gathered;
+`"step"` issues one per step. Bytes are unchanged (the same tensors,
+concatenated). A bucket's receive buffer is rewritten only once every member has read its stale
+slot: each layer reads before it stages, and a bucket is issued after its last member staged.
+Synchronous steps (warm-up, `full_sync`) stay per layer and blocking: each layer needs its own
+fresh neighbours before the next layer runs, so there is nothing to batch and exactness holds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
 
 from suite.comm import Comm, Pending
+from suite.parallel.checks import COALESCE_MODES
 
 T = TypeVar("T")
 
@@ -55,6 +68,45 @@ class Band:
         return grid.transpose(dim, dim + 1).flatten(dim, dim + 2)
 
 
+def block_of(layer: str) -> str:
+    """The top-level block a module path belongs to: its path up to the first index.
+
+    'down_blocks.1.resnets.0.conv1' -> 'down_blocks.1'; 'mid_block.attentions.0.norm' ->
+    'mid_block.attentions.0'; 'transformer_blocks.3.attn1' -> 'transformer_blocks.3'.
+    """
+    parts = layer.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return parts[0]
+
+
+@dataclass
+class _Bucket:
+    """Several layers' async exchanges as one all-gather: member j of rank r is
+    recv[r, offset_j : offset_j + numel_j]."""
+
+    members: tuple[tuple[str, torch.Size], ...]  # (layer, shape of its fresh tensor)
+    recv: torch.Tensor  # (n, total numel)
+    slots: dict[str, tuple[int, int, torch.Size]] = field(default_factory=dict)
+    pending: Pending | None = None
+
+    def __post_init__(self) -> None:
+        offset = 0
+        for layer, shape in self.members:
+            numel = shape.numel()
+            self.slots[layer] = (offset, numel, shape)
+            offset += numel
+
+    def view(self, layer: str) -> torch.Tensor:
+        """(n, *shape) view of `layer`'s slot of every rank (waits for the gather first)."""
+        if self.pending is not None:
+            self.pending.wait()
+            self.pending = None
+        offset, numel, shape = self.slots[layer]
+        return self.recv[:, offset : offset + numel].unflatten(1, shape)
+
+
 class PatchState:
     """Step schedule, pre-allocated buffers and pending async gathers of one rank."""
 
@@ -67,7 +119,10 @@ class PatchState:
         total_steps: int | None = None,
         split: str = "row",
         axis: str = "patch",
+        coalesce: str = "off",
     ) -> None:
+        if coalesce not in COALESCE_MODES:
+            raise ValueError(f"coalesce={coalesce!r}; allowed: {', '.join(COALESCE_MODES)}")
         self.comm = comm
         self.axis = axis
         self.n = comm.mesh.size(axis)
@@ -86,6 +141,10 @@ class PatchState:
         self._buffers: dict[str, torch.Tensor] = {}
         self._filled: set[str] = set()
         self._pending: dict[str, Pending] = {}
+        self.coalesce = coalesce
+        self._staged: list[tuple[str, torch.Tensor]] = []  # fresh tensors not yet issued
+        self._buckets: dict[tuple, _Bucket] = {}  # by members: reused step after step
+        self._bucket_of: dict[str, _Bucket] = {}  # layer -> bucket holding its stale slot
 
     # -- schedule ---------------------------------------------------------------------------
     def begin_step(self, i: int) -> None:
@@ -93,7 +152,10 @@ class PatchState:
         if i == 0:
             self.drain()
             self._filled.clear()  # a new loop: nothing of the last one may be reused
+            self._bucket_of.clear()
             self.loop += 1
+        else:
+            self._flush()  # a model without a gathered head: the previous step's last bucket
         self.step = i
         self.sync = self.full_sync or i <= self.warmup_steps
         last = self.total_steps is not None and i >= self.total_steps - 1
@@ -111,6 +173,11 @@ class PatchState:
         for pending in self._pending.values():
             pending.wait()
         self._pending.clear()
+        self._staged.clear()
+        for bucket in self._buckets.values():
+            if bucket.pending is not None:
+                bucket.pending.wait()
+                bucket.pending = None
 
     # -- buffers ----------------------------------------------------------------------------
     def buffer(self, layer: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -125,7 +192,11 @@ class PatchState:
 
     def stale_bytes(self) -> int:
         """Bytes of the per-layer exchange buffers this rank holds (the stale activations)."""
-        return sum(b.numel() * b.element_size() for k, b in self._buffers.items() if k != "output")
+        layers = sum(
+            b.numel() * b.element_size() for k, b in self._buffers.items() if k != "output"
+        )
+        buckets = sum(b.recv.numel() * b.recv.element_size() for b in self._buckets.values())
+        return layers + buckets
 
     # -- exchanges --------------------------------------------------------------------------
     def exchange(
@@ -137,6 +208,8 @@ class PatchState:
         is_fresh and from the previous step otherwise (buf[self.rank] then holds this rank's
         stale tensor: use `fresh` for its current value).
         """
+        if self.coalesce != "off" and not self.sync and layer in self._filled:
+            return self._exchange_coalesced(layer, fresh, build)
         buf = self.buffer(layer, (self.n, *fresh.shape), fresh)
         if self.sync or layer not in self._filled:
             self.comm.all_gather(fresh, self.axis, out=buf, layer=layer)
@@ -152,6 +225,48 @@ class PatchState:
             )
         return result
 
+    def _exchange_coalesced(
+        self, layer: str, fresh: torch.Tensor, build: Callable[[torch.Tensor, bool], T]
+    ) -> T:
+        """An async step's exchange with coalescing: read the stale slot, stage the fresh one."""
+        bucket = self._bucket_of.get(layer)
+        if bucket is None:  # first async step: the synchronous step filled the layer's buffer
+            result = build(self._buffers.pop(layer), False)  # freed: buckets hold it from now
+        else:
+            result = build(bucket.view(layer), False)
+        if self.issue:
+            if self._staged and self._bucket_key(self._staged[-1]) != self._bucket_key(
+                (layer, fresh)
+            ):
+                self._flush()
+            self._staged.append((layer, fresh))
+        return result
+
+    def _bucket_key(self, item: tuple[str, torch.Tensor]) -> tuple:
+        layer, fresh = item
+        return (block_of(layer) if self.coalesce == "block" else "", fresh.dtype, fresh.device)
+
+    def _flush(self) -> None:
+        """Issue the staged tensors as one async all-gather into their bucket."""
+        if not self._staged:
+            return
+        staged, self._staged = self._staged, []
+        members = tuple((layer, fresh.shape) for layer, fresh in staged)
+        bucket = self._buckets.get(members)
+        if bucket is None:
+            total = sum(shape.numel() for _, shape in members)
+            bucket = self._buckets[members] = _Bucket(
+                members, staged[0][1].new_empty((self.n, total))
+            )
+        send = torch.cat([fresh.reshape(-1) for _, fresh in staged])
+        first, last = members[0][0], members[-1][0]
+        label = block_of(first) if self.coalesce == "block" else f"{first}..{last}"
+        bucket.pending = self.comm.all_gather(
+            send, self.axis, out=bucket.recv, layer=f"coalesced:{label}", async_op=True
+        )
+        for layer, _ in members:
+            self._bucket_of[layer] = bucket
+
     def all_reduce_mean(self, layer: str, x: torch.Tensor) -> torch.Tensor:
         """Blocking mean of `x` over the patch axis (fresh every call)."""
         return self.comm.all_reduce(x.clone(), self.axis, layer=layer) / self.n
@@ -160,7 +275,10 @@ class PatchState:
         """Blocking all-gather of this rank's band of the output, concatenated along `dim`.
 
         Part of every step's cost: each rank needs the full prediction for the solver step.
+        The output head is the model's last module, so the step's last coalesced bucket is
+        issued here, in the step that staged it.
         """
+        self._flush()
         buf = self.buffer("output", (self.n, *x.shape), x)
         self.comm.all_gather(x, self.axis, out=buf, layer="output")
         return torch.cat(buf.unbind(0), dim=dim)

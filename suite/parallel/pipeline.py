@@ -20,23 +20,11 @@ every block, which patch-wise processing changes; xDiT's handling of that is not
 
 from __future__ import annotations
 
-from suite.parallel import Option, Parallelized, Strategy, register
+from suite.parallel import Parallelized
+from suite.parallel.checks import resolve_patches
 from suite.parallel.pipeline_loop import PipeLoop
 from suite.parallel.pipeline_stage import PIPE_PLANS, build_stage, hidden_size
-from suite.parallel.plans import get_plan, image_tokens
-
-OPTIONS = {
-    # M: patches (bands of latent rows) per image; None means M = N, the paper's recommendation
-    "patches": Option(default=None, kind=int, minimum=1),
-    # synchronous whole-image steps before the pipeline starts (xDiT's default: 1)
-    "warmup_steps": Option(default=1, kind=int, minimum=0),
-}
-
-
-def resolve_patches(options: dict, stages: int) -> int:
-    """M for N = `stages`: the option, or N when it is unset."""
-    patches = options.get("patches")
-    return stages if patches is None else int(patches)
+from suite.parallel.plans import get_plan
 
 
 def apply_pipefusion(workload, comm, options) -> Parallelized:
@@ -65,58 +53,3 @@ def apply_pipefusion(workload, comm, options) -> Parallelized:
         buffer_bytes=stage.kv_bytes,
         loop=loop,
     )
-
-
-def validate_pipefusion(spec, preset) -> list[str]:
-    """Combinations PipeFusion cannot run, as sentences (checked before any process starts)."""
-    if preset.family not in PIPE_PLANS:
-        return [
-            f"pipefusion supports families {', '.join(sorted(PIPE_PLANS))}, not "
-            f"{preset.family} ({preset.name}): joint-attention blocks are not pipelined"
-        ]
-    degrees = dict(spec.degrees)
-    stages = degrees.get("pipefusion", 1)
-    patches = resolve_patches(spec.options_dict, stages)
-    errors = []
-    inside = [a for a in ("tensor", "patch") if degrees.get(a, 1) > 1]
-    if inside:
-        errors.append(
-            f"pipefusion composes with data, cfg, ring and ulysses; not with {', '.join(inside)}"
-        )
-    if patches < stages:
-        errors.append(
-            f"patches (M) is {patches} but the pipefusion degree (N) is {stages}; PipeFusion "
-            "needs M >= N so that every stage has a patch to work on"
-        )
-    if stages > preset.layers:
-        errors.append(
-            f"pipefusion degree {stages} exceeds the {preset.layers} transformer blocks of "
-            f"{preset.name}; every stage needs at least one block"
-        )
-    rows, cols = image_tokens(get_plan(preset.family), preset, spec.height, spec.width)
-    if rows % patches:
-        errors.append(
-            f"height {spec.height} px gives {rows} token rows, which do not split into "
-            f"{patches} equal patches; choose patches (M) dividing {rows}"
-        )
-    shards = degrees.get("ring", 1) * degrees.get("ulysses", 1)
-    if not rows % patches and (rows // patches * cols) % shards:
-        errors.append(
-            f"a patch holds {rows // patches * cols} tokens, which do not split over ring x "
-            f"ulysses = {shards} ranks; choose patches (M) so that tokens per patch divide"
-        )
-    return errors
-
-
-register(
-    Strategy(
-        name="pipefusion",
-        axes=("pipefusion",),
-        families=frozenset(PIPE_PLANS),
-        exact=False,
-        paper="PipeFusion: Patch-level Pipeline Parallelism for DiT Inference (Wang et al. 2024)",
-        apply=apply_pipefusion,
-        options=OPTIONS,
-        validate=validate_pipefusion,
-    )
-)

@@ -22,7 +22,7 @@ runs. For the whole-image steps the embedding hook orders the tokens so that the
 split hands each rank its shard of every patch, patch after patch (the K/V cache's layout); the
 placement hook restores row-major order after their gather.
 
-Family knowledge is data (`PIPE_PLANS`) on top of the shared plans in `plans.py`.
+Family knowledge is data (`plans.PIPE_PLANS`, beside the shared plans).
 """
 
 from __future__ import annotations
@@ -35,30 +35,7 @@ from torch import nn
 from suite.parallel import plans
 from suite.parallel.attention import PlanAttnProcessor
 from suite.parallel.pipeline_attention import KVCache, PipeCore
-
-
-@dataclass(frozen=True)
-class PipePlan:
-    """What PipeFusion needs to know about a family beyond `plans.Plan`."""
-
-    blocks: str  # the ModuleList of transformer blocks that is cut into stages
-    head: tuple[str, ...]  # modules only the last stage runs (output projections)
-    # submodules of blocks that the output head reads (DiT's head re-embeds the timestep and
-    # class with block 0's embedding), kept on the last stage even when it lacks that block
-    head_reads: tuple[str, ...] = ()
-
-
-# Families whose blocks return one tensor (the image stream). SD3 and Flux blocks return
-# (text, image) pairs and their text stream is updated by every block from all image tokens, so
-# running the image in patches would change what the text sees; they are not supported.
-PIPE_PLANS: dict[str, PipePlan] = {
-    "pixart": PipePlan(blocks="transformer_blocks", head=("proj_out",)),
-    "dit": PipePlan(
-        blocks="transformer_blocks",
-        head=("proj_out_1", "proj_out_2"),
-        head_reads=("transformer_blocks.0.norm1.emb",),
-    ),
-}
+from suite.parallel.plans import PIPE_PLANS
 
 
 def stage_bounds(layers: int, stages: int) -> list[tuple[int, int]]:

@@ -21,8 +21,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch-free at import: config validation reads these plans
+    import torch
 
 # How the tokens of one attention module are laid out (see the attention processor in
 # suite/parallel/attention.py, which implements every layout with the same projections as
@@ -169,6 +171,33 @@ UNET = Plan(
 )
 
 PLANS: dict[str, Plan] = {p.family: p for p in (PIXART, DIT, SD3, FLUX, UNET)}
+
+# Families whose token sequence can be split (ulysses, ring, usp, diffusers_cp)
+SEQUENCE_FAMILIES = frozenset(f for f, p in PLANS.items() if p.sequence_parallel)
+
+
+@dataclass(frozen=True)
+class PipePlan:
+    """What PipeFusion needs to know about a family beyond `Plan`."""
+
+    blocks: str  # the ModuleList of transformer blocks that is cut into stages
+    head: tuple[str, ...]  # modules only the last stage runs (output projections)
+    # submodules of blocks that the output head reads (DiT's head re-embeds the timestep and
+    # class with block 0's embedding), kept on the last stage even when it lacks that block
+    head_reads: tuple[str, ...] = ()
+
+
+# Families whose blocks return one tensor (the image stream). SD3 and Flux blocks return
+# (text, image) pairs and their text stream is updated by every block from all image tokens, so
+# running the image in patches would change what the text sees; they are not supported.
+PIPE_PLANS: dict[str, PipePlan] = {
+    "pixart": PipePlan(blocks="transformer_blocks", head=("proj_out",)),
+    "dit": PipePlan(
+        blocks="transformer_blocks",
+        head=("proj_out_1", "proj_out_2"),
+        head_reads=("transformer_blocks.0.norm1.emb",),
+    ),
+}
 
 
 def get_plan(family: str) -> Plan:

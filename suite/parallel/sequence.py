@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from suite.parallel import Parallelized, Strategy, register
+from suite.parallel import Parallelized
 from suite.parallel.attention import LocalCore, SequenceCore, install, track_text_length
-from suite.parallel.plans import PLANS, find, get_plan, image_tokens
-
-SEQUENCE_FAMILIES = frozenset(f for f, p in PLANS.items() if p.sequence_parallel)
+from suite.parallel.plans import find, get_plan
 
 
 def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:
@@ -77,61 +75,3 @@ def apply_sequence(workload, comm, options) -> Parallelized:
     return Parallelized(
         denoiser=workload.denoiser, inputs=workload.inputs, modules=[workload.denoiser]
     )
-
-
-def _degrees(spec) -> tuple[int, int]:
-    d = dict(spec.degrees)
-    return d.get("ring", 1), d.get("ulysses", 1)
-
-
-def validate_sequence(spec, preset) -> list[str]:
-    """Degrees that cannot split this workload, in sentences (checked before any start)."""
-    problems = []
-    if preset.family not in SEQUENCE_FAMILIES:
-        return [f"family {preset.family} has no token sequence to split (a UNet: use patch)"]
-    ring, ulysses = _degrees(spec)
-    heads = preset.heads
-    if heads % ulysses:
-        allowed = [d for d in range(1, heads + 1) if heads % d == 0]
-        problems.append(
-            f"ulysses degree {ulysses} does not divide the {heads} attention heads of "
-            f"{preset.name}; allowed ulysses degrees: {', '.join(map(str, allowed))}"
-        )
-    rows, cols = image_tokens(get_plan(preset.family), preset, spec.height, spec.width)
-    if (rows * cols) % (ring * ulysses):
-        problems.append(
-            f"{rows}x{cols} = {rows * cols} image tokens at {spec.height}x{spec.width} px do not "
-            f"split into ring x ulysses = {ring * ulysses} equal parts; the token count must be "
-            "a multiple of the sequence degree"
-        )
-    return problems
-
-
-_COMMON = dict(
-    families=SEQUENCE_FAMILIES, exact=True, apply=apply_sequence, validate=validate_sequence
-)
-
-register(
-    Strategy(
-        name="ulysses",
-        axes=("ulysses",),
-        paper="DeepSpeed-Ulysses (Jacobs et al. 2023): all-to-all token <-> head sharding",
-        **_COMMON,
-    )
-)
-register(
-    Strategy(
-        name="ring",
-        axes=("ring",),
-        paper="Ring attention (Liu et al. 2023): K/V blocks passed around a ring, LSE merge",
-        **_COMMON,
-    )
-)
-register(
-    Strategy(
-        name="usp",
-        axes=("ulysses", "ring"),  # a plain world size goes to ulysses
-        paper="USP (Fang & Zhao 2024): Ulysses inside, Ring outside, on a 2-D mesh",
-        **_COMMON,
-    )
-)

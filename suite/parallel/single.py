@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-from suite.parallel import Parallelized, Strategy, register
-from workloads.presets import FAMILIES
-
-ALL_FAMILIES = frozenset(FAMILIES)
+from suite.parallel import Parallelized
 
 
 def apply_none(workload, comm, options) -> Parallelized:
     return Parallelized(
         denoiser=workload.denoiser, inputs=workload.inputs, modules=[workload.denoiser]
     )
-
-
-register(
-    Strategy(
-        name="none",
-        axes=(),
-        families=ALL_FAMILIES,
-        exact=True,
-        paper="single device (baseline)",
-        apply=apply_none,
-    )
-)

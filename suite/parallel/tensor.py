@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from suite.comm import Comm
-from suite.parallel import Parallelized, Strategy, register
+from suite.parallel import Parallelized
 from suite.parallel.attention import LocalCore, install, track_text_length
-from suite.parallel.plans import PLANS, find, get_plan
+from suite.parallel.plans import find, get_plan
 
 _ATTN_COLUMN = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
 
@@ -170,55 +170,3 @@ def apply_tensor(workload, comm, options) -> Parallelized:
         for path, res in find(model, pattern):
             _shard_resnet(res, path, rank, n, row)
     return par
-
-
-def _head_counts(preset) -> list[int]:
-    """Head counts of every attention layer (the UNet's differ per level)."""
-    if preset.family == "unet":
-        # diffusers' UNet reads attention_head_dim as the head count (see workloads.presets)
-        heads = preset.config.get("num_attention_heads") or preset.config["attention_head_dim"]
-        return sorted(set(heads)) if isinstance(heads, tuple | list) else [heads]
-    return [preset.heads]
-
-
-def validate_tensor(spec, preset) -> list[str]:
-    """Degrees that cannot shard this model, in sentences."""
-    n = dict(spec.degrees).get("tensor", 1)
-    problems = []
-    if preset.family not in PLANS:
-        return [f"family {preset.family} has no tensor-parallel plan"]
-    bad = [h for h in _head_counts(preset) if h % n]
-    if bad:
-        problems.append(
-            f"tensor degree {n} does not divide the attention head count(s) {bad} of "
-            f"{preset.name}; the degree must divide every layer's head count "
-            f"{_head_counts(preset)}"
-        )
-    if preset.family == "unet":
-        groups = preset.config["norm_num_groups"]
-        channels = list(preset.config["block_out_channels"])
-        if groups % n:
-            problems.append(
-                f"tensor degree {n} does not divide the {groups} GroupNorm groups of "
-                f"{preset.name}; ResNet norms are split by groups"
-            )
-        if any(c % n for c in channels):
-            problems.append(
-                f"tensor degree {n} does not divide the channel counts {channels} of "
-                f"{preset.name}; ResNet convolutions are split by channels"
-            )
-    return problems
-
-
-register(
-    Strategy(
-        name="tensor",
-        axes=("tensor",),
-        families=frozenset(PLANS),
-        exact=True,
-        paper="Megatron-LM tensor parallelism (Shoeybi et al. 2019); UNet: DistriFusion's "
-        "tensor-parallel baseline (Li et al. 2024)",
-        apply=apply_tensor,
-        validate=validate_tensor,
-    )
-)

@@ -36,7 +36,12 @@ def test_unet_bands_must_survive_every_downsample():
     msg = _problems("tiny-sdxl", 256, {"name": "distrifusion", "world_sizes": [16]})
     assert "patch degree 16" in msg  # bands of 2 rows vanish after the second downsample
     (spec,) = _config("tiny-sdxl", 256, {"name": "distrifusion", "world_sizes": [4]}).runs
-    assert spec.options_dict == {"full_sync": False, "gn_mode": "corrected", "warmup_steps": 1}
+    assert spec.options_dict == {
+        "coalesce": "block",
+        "full_sync": False,
+        "gn_mode": "corrected",
+        "warmup_steps": 1,
+    }
 
 
 def test_token_models_split_token_rows():

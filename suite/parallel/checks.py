@@ -1,0 +1,242 @@
+"""Every strategy's validation: combinations it cannot run, as sentences, before any process
+starts. Torch-free (config validation imports this in milliseconds); the strategy modules keep
+only what runs on a rank (`apply_*`) and read the shared helpers here.
+
+Each `validate_*` takes the RunSpec and the workload Preset and returns error sentences.
+"""
+
+from __future__ import annotations
+
+from suite.parallel.plans import PIPE_PLANS, PLANS, SEQUENCE_FAMILIES, get_plan, image_tokens
+
+UNET_FAMILIES = frozenset({"unet", "unet2d"})  # convolutional: bands of latent rows, halos
+COALESCE_MODES = ("off", "block", "step")  # distrifusion: async all-gathers batched
+GN_MODES = ("separate", "stale", "corrected", "sync")  # distrifusion's GroupNorm statistics
+SPLITS = ("row", "column", "alternate")  # naive_patch's bands
+
+
+# -- data, cfg -------------------------------------------------------------------------------
+
+
+def validate_data(spec, preset) -> list[str]:
+    degree = dict(spec.degrees).get("data", 1)
+    if spec.batch % degree:
+        return [
+            f"batch {spec.batch} does not split over data degree {degree}; "
+            "the batch must be a multiple of the data degree"
+        ]
+    return []
+
+
+def validate_cfg(spec, preset) -> list[str]:
+    degree = dict(spec.degrees).get("cfg", 1)
+    problems = []
+    if degree != 2:
+        problems.append(f"cfg degree {degree}; it must be 2 (one rank per guidance branch)")
+    if not preset.cfg:
+        problems.append(
+            f"{preset.name} runs no unconditional branch (preset cfg=False, e.g. "
+            "guidance-distilled); cfg parallelism needs a model with classifier-free guidance"
+        )
+    elif spec.guidance <= 1.0:
+        problems.append(
+            f"guidance {spec.guidance} runs no unconditional branch; cfg parallelism needs "
+            "guidance > 1"
+        )
+    return problems
+
+
+# -- patch: naive_patch, distrifusion ----------------------------------------------------------
+
+
+def token_patch(preset) -> int:
+    """Latent rows (and columns) per token of a token model (Flux packs 2x2 latent pixels)."""
+    patch = int(preset.config.get("patch_size", 1))
+    return 2 * patch if preset.family == "flux" else patch
+
+
+def unet_downsample(preset) -> int:
+    """Total downsampling factor of a UNet: each band must stay whole through it."""
+    return 2 ** (len(preset.config["block_out_channels"]) - 1)
+
+
+def _check_bands(spec, preset, axes: tuple[str, ...]) -> list[str]:
+    """Errors unless the patch degree cuts the latent (UNet) or token grid into whole bands."""
+    n = dict(spec.degrees).get("patch", 1)
+    vae = preset.vae_scale_factor
+    size = {"row": spec.height // vae, "column": spec.width // vae}
+    if preset.family in UNET_FAMILIES:
+        unit, multiple = "latent", unet_downsample(preset)
+        why = f"the UNet downsamples by {multiple}, so each band must be a multiple of {multiple}"
+    else:
+        unit, multiple, patch = "token", 1, token_patch(preset)
+        size = {k: v // patch for k, v in size.items()}
+        why = f"tokens are {patch}x{patch} latent pixels"
+    errors = []
+    for axis in axes:
+        total, name = size[axis], "rows" if axis == "row" else "columns"
+        if total % (n * multiple):
+            allowed = [d for d in range(1, total + 1) if total % (d * multiple) == 0]
+            errors.append(
+                f"patch degree {n} does not split the {total} {unit} {name} of "
+                f"{spec.height}x{spec.width} px into equal bands ({why}); "
+                f"allowed patch degrees here: {', '.join(map(str, allowed))}"
+            )
+    return errors
+
+
+def validate_naive_patch(spec, preset) -> list[str]:
+    split = spec.options_dict.get("split", "alternate")
+    return _check_bands(spec, preset, ("row", "column") if split == "alternate" else (split,))
+
+
+def validate_distrifusion(spec, preset) -> list[str]:
+    return _check_bands(spec, preset, ("row",))
+
+
+# -- pipefusion --------------------------------------------------------------------------------
+
+
+def resolve_patches(options: dict, stages: int) -> int:
+    """PipeFusion's M for N = `stages`: the `patches` option, or N when it is unset."""
+    patches = options.get("patches")
+    return stages if patches is None else int(patches)
+
+
+def validate_pipefusion(spec, preset) -> list[str]:
+    """Combinations PipeFusion cannot run, as sentences (checked before any process starts)."""
+    if preset.family not in PIPE_PLANS:
+        return [
+            f"pipefusion supports families {', '.join(sorted(PIPE_PLANS))}, not "
+            f"{preset.family} ({preset.name}): joint-attention blocks are not pipelined"
+        ]
+    degrees = dict(spec.degrees)
+    stages = degrees.get("pipefusion", 1)
+    patches = resolve_patches(spec.options_dict, stages)
+    errors = []
+    inside = [a for a in ("tensor", "patch") if degrees.get(a, 1) > 1]
+    if inside:
+        errors.append(
+            f"pipefusion composes with data, cfg, ring and ulysses; not with {', '.join(inside)}"
+        )
+    if patches < stages:
+        errors.append(
+            f"patches (M) is {patches} but the pipefusion degree (N) is {stages}; PipeFusion "
+            "needs M >= N so that every stage has a patch to work on"
+        )
+    if stages > preset.layers:
+        errors.append(
+            f"pipefusion degree {stages} exceeds the {preset.layers} transformer blocks of "
+            f"{preset.name}; every stage needs at least one block"
+        )
+    rows, cols = image_tokens(get_plan(preset.family), preset, spec.height, spec.width)
+    if rows % patches:
+        errors.append(
+            f"height {spec.height} px gives {rows} token rows, which do not split into "
+            f"{patches} equal patches; choose patches (M) dividing {rows}"
+        )
+    shards = degrees.get("ring", 1) * degrees.get("ulysses", 1)
+    if not rows % patches and (rows // patches * cols) % shards:
+        errors.append(
+            f"a patch holds {rows // patches * cols} tokens, which do not split over ring x "
+            f"ulysses = {shards} ranks; choose patches (M) so that tokens per patch divide"
+        )
+    return errors
+
+
+# -- sequence: ulysses, ring, usp ----------------------------------------------------------------
+
+
+def validate_sequence(spec, preset) -> list[str]:
+    """Degrees that cannot split this workload, in sentences (checked before any start)."""
+    problems = []
+    if preset.family not in SEQUENCE_FAMILIES:
+        return [f"family {preset.family} has no token sequence to split (a UNet: use patch)"]
+    d = dict(spec.degrees)
+    ring, ulysses = d.get("ring", 1), d.get("ulysses", 1)
+    heads = preset.heads
+    if heads % ulysses:
+        allowed = [k for k in range(1, heads + 1) if heads % k == 0]
+        problems.append(
+            f"ulysses degree {ulysses} does not divide the {heads} attention heads of "
+            f"{preset.name}; allowed ulysses degrees: {', '.join(map(str, allowed))}"
+        )
+    rows, cols = image_tokens(get_plan(preset.family), preset, spec.height, spec.width)
+    if (rows * cols) % (ring * ulysses):
+        problems.append(
+            f"{rows}x{cols} = {rows * cols} image tokens at {spec.height}x{spec.width} px do not "
+            f"split into ring x ulysses = {ring * ulysses} equal parts; the token count must be "
+            "a multiple of the sequence degree"
+        )
+    return problems
+
+
+# -- tensor --------------------------------------------------------------------------------------
+
+
+def head_counts(preset) -> list[int]:
+    """Head counts of every attention layer (the UNet's differ per level)."""
+    if preset.family == "unet":
+        # diffusers' UNet reads attention_head_dim as the head count (see workloads.presets)
+        heads = preset.config.get("num_attention_heads") or preset.config["attention_head_dim"]
+        return sorted(set(heads)) if isinstance(heads, tuple | list) else [heads]
+    return [preset.heads]
+
+
+def validate_tensor(spec, preset) -> list[str]:
+    """Degrees that cannot shard this model, in sentences."""
+    n = dict(spec.degrees).get("tensor", 1)
+    problems = []
+    if preset.family not in PLANS:
+        return [f"family {preset.family} has no tensor-parallel plan"]
+    bad = [h for h in head_counts(preset) if h % n]
+    if bad:
+        problems.append(
+            f"tensor degree {n} does not divide the attention head count(s) {bad} of "
+            f"{preset.name}; the degree must divide every layer's head count "
+            f"{head_counts(preset)}"
+        )
+    if preset.family == "unet":
+        groups = preset.config["norm_num_groups"]
+        channels = list(preset.config["block_out_channels"])
+        if groups % n:
+            problems.append(
+                f"tensor degree {n} does not divide the {groups} GroupNorm groups of "
+                f"{preset.name}; ResNet norms are split by groups"
+            )
+        if any(c % n for c in channels):
+            problems.append(
+                f"tensor degree {n} does not divide the channel counts {channels} of "
+                f"{preset.name}; ResNet convolutions are split by channels"
+            )
+    return problems
+
+
+# -- diffusers_cp, diffusers_tp ----------------------------------------------------------------
+
+
+def validate_diffusers_cp(spec, preset) -> list[str]:
+    """The library splits image and text tokens over ring x ulysses and heads over ulysses."""
+    d = dict(spec.degrees)
+    ring, ulysses = d.get("ring", 1), d.get("ulysses", 1)
+    problems = []
+    if preset.heads % ulysses:
+        problems.append(
+            f"ulysses degree {ulysses} does not divide the {preset.heads} attention heads of "
+            f"{preset.name}"
+        )
+    rows, cols = image_tokens(get_plan(preset.family), preset, spec.height, spec.width)
+    for what, count in (("image", rows * cols), ("text", preset.text_len)):
+        if count % (ring * ulysses):
+            problems.append(
+                f"{count} {what} tokens do not split into ring x ulysses = {ring * ulysses} "
+                "equal parts (diffusers splits both)"
+            )
+    return problems
+
+
+def validate_diffusers_tp(spec, preset) -> list[str]:
+    n = dict(spec.degrees).get("tensor", 1)
+    if preset.heads % n:
+        return [f"tensor degree {n} does not divide the {preset.heads} heads of {preset.name}"]
+    return []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -13,21 +14,69 @@ EPILOG = """examples:
   diffscale export results/quickstart --format parquet
   diffscale workloads --resolution 1024
   torchrun --nproc-per-node 4 -m suite.cli run CONFIG --launcher torchrun   # multi-GPU / multi-node
+
+exit codes: 0 done (run: every run ok); 1 some run failed; 2 invalid config or arguments;
+  3 the results store cannot be used (missing, empty, not SQLite, damaged, not a diffscale
+  store: the message names the file and what to do); 4 the results directory is in use by
+  another diffscale sweep / fidelity / project (its lock DIR/.lock; the message names the holder)
 """
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from suite.config import ConfigError, load_config
-    from suite.sweep import default_out_dir
+def _errors(problems: list[str]) -> int:
+    """Print argument problems, all at once; exit code 2."""
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 2
 
+
+def _out_dir_problem(flag: str, value: str) -> str | None:
+    """Why `value` cannot be an output directory (created if missing); None if it can."""
+    import os
+
+    from suite.config import expand_path
+
+    if not value.strip():
+        return f"{flag} {value!r}: empty; give a directory"
+    path = expand_path(value)
+    if path.exists() and not path.is_dir():
+        return (
+            f"{flag} {value}: exists and is not a directory; give a directory (created if missing)"
+        )
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{flag} {value}: {parent} is a file, so the directory cannot be made"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"{flag} {value}: {parent} is not writable"
+            break
+    return None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    # Cheap checks first, torch-free: a bad config or argument is rejected in well under a
+    # second; torch and diffusers load only for a valid config (memory check, then the sweep).
+    from suite.config import ConfigError, expand_path, load_config
+
+    problems = [p for p in [args.out is not None and _out_dir_problem("--out", args.out)] if p]
     try:
         config = load_config(args.config)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        problems.insert(0, str(e))
+    if problems:
+        return _errors(problems)
+    problems = _memory_problems(config, args.launcher)
+    if problems:
+        return _errors(
+            [
+                f"{config.source}: runs would not fit in memory (estimated before any process "
+                "starts):\n" + "\n".join(f"  - {p}" for p in problems)
+            ]
+        )
     for note in config.warnings:
         print(f"warning: {note}", file=sys.stderr)
-    out = Path(args.out) if args.out else default_out_dir(config.experiment)
+    from suite.sweep import default_out_dir
+
+    out = expand_path(args.out) if args.out else default_out_dir(config.experiment)
     if args.profile:  # read by every rank (spawned ranks inherit it); not part of run identity
         import os
 
@@ -37,11 +86,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from suite.results import ResultStore
 
-        done = (
-            ResultStore(out / "results.db").done_run_ids()
-            if (out / "results.db").exists()
-            else set()
-        )
+        done: set[str] = set()
+        if (out / "results.db").exists():  # read only: a dry run never writes the store
+            with ResultStore(out / "results.db", read_only=True) as store:
+                done = store.done_run_ids()
         print(f"{config.experiment}: {len(config.runs)} runs -> {out / 'results.db'}")
         for spec in config.runs:
             state = "done" if spec.run_id in done else "pending"
@@ -80,12 +128,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _memory_problems(config, launcher: str) -> list[str]:
+    """suite.memory's refusals for the runs this launch would start (torchrun: its world's)."""
+    import os
+
+    from suite.memory import check_runs
+
+    runs, per_host = config.runs, None
+    if launcher == "torchrun":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        per_host = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        runs = [s for s in runs if s.world_size == world and s.world_mode == "real"]
+    return check_runs(runs, per_host)
+
+
 def _db_of(path: str) -> Path:
+    """The results.db of a results directory (or the file itself); StoreError if there is none."""
+    from suite.store_dir import StoreMissingError
+
     p = Path(path)
     db = p / "results.db" if p.is_dir() else p
     if not db.is_file():
-        raise SystemExit(
-            f"error: no results database at {db} (give the results directory of a run)"
+        raise StoreMissingError(
+            f"no results database at {db} (give the results directory of a run)."
         )
     return db
 
@@ -100,32 +165,54 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from suite.config import expand_path
     from suite.results import ResultStore
 
+    if args.out is not None and (problem := _out_dir_problem("--out", args.out)):
+        return _errors([problem])
     db = _db_of(args.results)
-    out = Path(args.out) if args.out else db.parent / "export"
-    with ResultStore(db) as store:
+    out = expand_path(args.out) if args.out else db.parent / "export"
+    with ResultStore(db, read_only=True) as store:
         for path in store.export(out, args.format):
             print(path)
     return 0
 
 
 def _cmd_workloads(args: argparse.Namespace) -> int:
-    import workloads
     from suite.config import _parse_resolution
+    from workloads.limits import check_resolution, resolution_rule
+    from workloads.presets import PRESETS
 
+    presets = [p for p in PRESETS.values() if args.tiny in (None, p.name.startswith("tiny-"))]
     height = width = None
-    if args.resolution:
-        parsed = _parse_resolution(
-            int(args.resolution) if args.resolution.isdigit() else args.resolution
-        )
+    if args.resolution is not None:
+        text = args.resolution.strip()
+        parsed = _parse_resolution(int(text) if text.isdigit() else text)
         if parsed is None:
-            print(f"error: --resolution {args.resolution!r}; write an int or HxW", file=sys.stderr)
-            return 2
+            return _errors(
+                [
+                    f"--resolution {args.resolution!r}: write pixels as a positive int (a "
+                    "square) or HxW, e.g. 1024 or 768x1344"
+                ]
+            )
         height, width = parsed
-    rows = workloads.describe_presets(height, width)
-    if args.tiny is not None:
-        rows = [r for r in rows if r["name"].startswith("tiny-") == args.tiny]
+        rules: dict[str, list[str]] = {}  # what each rejecting preset accepts
+        for p in presets:
+            try:
+                check_resolution(p, height, width)
+            except ValueError:
+                rules.setdefault(resolution_rule(p), []).append(p.name)
+        refused = [f"  {', '.join(names)}: {rule}" for rule, names in rules.items()]
+        if refused and sum(map(len, rules.values())) == len(presets):
+            head = f"--resolution {text}: no preset listed accepts {height}x{width}; they accept:"
+            return _errors(["\n".join([head, *refused])])
+        if refused:
+            print(f"note: --resolution {text}: left out (they accept):", file=sys.stderr)
+            print("\n".join(refused), file=sys.stderr)
+        presets = [p for p in presets if not any(p.name in n for n in rules.values())]
+    import workloads
+
+    rows = workloads.describe_presets(height, width, names=[p.name for p in presets])
     cols = list(rows[0]) if rows else []
     widths = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))
@@ -134,15 +221,78 @@ def _cmd_workloads(args: argparse.Namespace) -> int:
     return 0
 
 
+_SIZES = re.compile(r"^\s*(\d+(?:\.\d+)?[KMG]|\d+)\s*-\s*(\d+(?:\.\d+)?[KMG]|\d+)\s*$", re.I)
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+MAX_CALIBRATION_BYTES = 4 << 30  # each rank allocates buffers of the largest size
+RANK_BYTES = 1 << 30  # one calibrating rank: torch and diffusers imported, buffers
+
+
+def _bytes(text: str) -> int:
+    text = text.strip().upper()
+    return int(float(text[:-1]) * _UNITS[text[-1]]) if text[-1] in _UNITS else int(text)
+
+
+def _calibrate_problems(args: argparse.Namespace) -> tuple[list[str], tuple[int, ...]]:
+    """Every bad calibrate argument, and the world sizes asked for."""
+    from suite.config import EXPERIMENT_NAME, MAX_THREADS
+    from suite.memory import _mem_available
+    from workloads.presets import get_preset
+
+    problems, sizes = [], []
+    available, _ = _mem_available()
+    most = max(2, available // RANK_BYTES)
+    bad = []
+    for part in args.world_sizes.split(","):
+        if not part.strip().isdigit() or not 2 <= int(part) <= most:
+            bad.append(part.strip())
+        elif int(part) not in sizes:
+            sizes.append(int(part))
+    if bad:
+        problems.append(
+            f"--world-sizes {args.world_sizes!r}: {', '.join(map(repr, bad))} not world sizes; "
+            f"give comma-separated integers from 2 to {most} (about 1 GiB of this host's "
+            "available memory per rank), e.g. 2,4"
+        )
+    m = _SIZES.match(args.sizes)
+    if not m:
+        problems.append(
+            f"--sizes {args.sizes!r}: write a byte range LOW-HIGH with optional K, M, G, e.g. "
+            "1K-256M"
+        )
+    elif not 1 <= _bytes(m[1]) <= _bytes(m[2]) <= MAX_CALIBRATION_BYTES:
+        problems.append(
+            f"--sizes {args.sizes!r}: need 1 <= LOW <= HIGH <= 4G bytes (each rank allocates "
+            "buffers of HIGH bytes)"
+        )
+    if not 1 <= args.threads <= MAX_THREADS:
+        problems.append(f"--threads {args.threads}: must be an integer from 1 to {MAX_THREADS}")
+    if not EXPERIMENT_NAME.fullmatch(args.name) or args.name in ("devices", "links"):
+        problems.append(
+            f"--name {args.name!r}: the profile's file name: up to 100 letters, digits, '_', '.', "
+            "'-' starting with a letter or digit, not 'devices' or 'links' (the catalogs)"
+        )
+    if problem := _out_dir_problem("--out", args.out):
+        problems.append(problem)
+    try:
+        get_preset(args.preset)
+    except ValueError as e:
+        problems.append(f"--preset {args.preset!r}: {e}")
+    return problems, tuple(sizes)
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    problems, world_sizes = _calibrate_problems(args)
+    if problems:
+        return _errors(problems)
     from suite.calibrate import calibrate, size_ladder
+    from suite.config import expand_path
 
     profile_path, plot, profile = calibrate(
-        world_sizes=tuple(int(w) for w in args.world_sizes.split(",")),
+        world_sizes=world_sizes,
         sizes=size_ladder(args.sizes),
         threads=args.threads,
         name=args.name,
-        out_dir=Path(args.out),
+        out_dir=expand_path(args.out),
         preset=args.preset,
     )
     m = profile["measurements"]
@@ -161,20 +311,57 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_problems(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Every bad --hardware / --source / --dtype / --out of `project`, and the hardware names."""
+    import yaml
+
+    from analysis.hardware import DTYPE_KEYS, available_profiles, load_profile
+
+    names = [h.strip() for h in args.hardware.split(",") if h.strip()]
+    problems = []
+    if not names:
+        problems.append(
+            f"--hardware {args.hardware!r}: names no profile; give comma-separated names from: "
+            f"{', '.join(available_profiles())}"
+        )
+    profiles = []
+    for flag, name in [("--hardware", h) for h in names] + [("--source", args.source)]:
+        try:
+            profiles.append(load_profile(name))
+        except (ValueError, KeyError, TypeError, AttributeError, OSError, yaml.YAMLError) as e:
+            why = (
+                e
+                if isinstance(e, ValueError)
+                else f"not a usable profile ({type(e).__name__}: {e})"
+            )
+            problems.append(f"{flag} {name!r}: {why}")
+    if args.dtype is not None:
+        allowed = [*DTYPE_KEYS, *DTYPE_KEYS.values(), "tf32"]
+        if args.dtype not in allowed:
+            problems.append(f"--dtype {args.dtype!r}: allowed: {', '.join(allowed)}")
+        else:
+            for profile in profiles:
+                try:
+                    profile.device.throughput(args.dtype)
+                except ValueError as e:
+                    problems.append(f"--dtype {args.dtype!r}: profile {profile.name}: {e}")
+    if args.out is not None and (problem := _out_dir_problem("--out", args.out)):
+        problems.append(problem)
+    return problems, names
+
+
 def _cmd_project(args: argparse.Namespace) -> int:
-    from analysis.hardware import available_profiles
     from analysis.projection import project_store
 
+    problems, names = _profile_problems(args)
+    if problems:
+        return _errors(problems)
     db = _db_of(args.results)
-    names = [h.strip() for h in args.hardware.split(",") if h.strip()]
-    unknown = [h for h in names if h not in available_profiles() and not Path(h).is_file()]
-    if unknown:
-        print(
-            f"error: --hardware {unknown}: unknown; available: {', '.join(available_profiles())}",
-            file=sys.stderr,
-        )
-        return 2
-    rows = project_store(db, names, args.source, args.dtype)
+    from suite.results import DirectoryLock, ResultStore
+
+    ResultStore(db, read_only=True).close()  # a damaged store: StoreError before any write
+    with DirectoryLock(db.parent):  # one writer: not while a sweep or fidelity writes
+        rows = project_store(db, names, args.source, args.dtype)
     print(f"{len(rows)} projections (PROJECTED, not measured) -> {db} table 'projection'")
     from analysis.projection_report import write_projection_report
     from analysis.report import default_report_dir
@@ -191,7 +378,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
 
 def _cmd_fidelity(args: argparse.Namespace) -> int:
     from suite.fidelity.score import FidelityOptions, score_store
-    from suite.results import ResultStore
+    from suite.results import DirectoryLock, ResultStore
 
     db = _db_of(args.results)
     if args.reference and not Path(args.reference).is_dir():
@@ -202,7 +389,11 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
         weights_dir=args.weights_dir,
         allow_download=False if args.no_download else None,
     )
-    with ResultStore(db) as store:
+    # One writer: not while a sweep writes; a run whose files a crash left pending is settled
+    # first, as scoring reads the files in their final place.
+    with DirectoryLock(db.parent), ResultStore(db) as store:
+        for note in store.recover_run_dirs():
+            print(f"recovered: {note}", file=sys.stderr)
         for note in score_store(store, options, rescore=args.rescore):
             print(note)
         table = store.table("fidelity")
@@ -365,9 +556,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so the same cleanup runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    # A scheduler's `kill PID` stops a sweep as Ctrl-C does: the worlds' `with` blocks kill their
+    # ranks, the run in flight is not stored, the runs stored before it stay.
+    on_main = threading.current_thread() is threading.main_thread()  # signal.signal's rule
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
+    from suite.store_dir import StoreError
+
+    try:
+        return args.func(args)
+    except StoreError as e:  # the store is unusable or locked: a sentence, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt as e:
+        signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        print(
+            f"interrupted: {what}; diffscale {args.command} stopped (results stored before it "
+            "are kept)",
+            file=sys.stderr,
+        )
+        return 128 + signum
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

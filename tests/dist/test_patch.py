@@ -237,6 +237,21 @@ def test_displaced_steps_move_the_same_volume_asynchronously(run, workload, worl
         assert result.buffer_bytes == v["halo"] + v["kv"] + v["gn"]
 
 
+@pytest.mark.parametrize("workload", ["tiny-sdxl", "tiny-pixart-alpha"])
+def test_coalesced_exchanges_change_only_the_number_of_calls(run, workload):
+    off = run(workload, "distrifusion", 2, {"coalesce": "off"})
+    for mode in ("block", "step"):
+        got = run(workload, "distrifusion", 2, {"coalesce": mode})
+        # the same tensors gathered in the same step, concatenated: bitwise the same output
+        assert torch.equal(got[0].latents, off[0].latents)
+        for a, b in zip(got, off, strict=True):
+            assert (bytes_per_step(a) == bytes_per_step(b)).all()
+            # a DiT block has one exchange (its K/V): per-block buckets batch only UNet blocks
+            fewer = mode == "step" or workload == "tiny-sdxl"
+            assert len(a.events) < len(b.events) if fewer else len(a.events) == len(b.events)
+            assert a.buffer_bytes == b.buffer_bytes
+
+
 def test_kv_volume_scales_with_tokens_hidden_size_and_layers(run):
     # 2·O(p·hs)·L: 512 px has 4x the tokens of 256 px, so 4x the K/V bytes
     small, large = (

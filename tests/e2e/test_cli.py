@@ -111,6 +111,8 @@ def test_bad_config_fails_before_any_process(tmp_path):
 def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path):
     empty = tmp_path / "empty_weights"
     empty.mkdir()
+    # passes validation (a model directory), fails on the rank when the model is loaded
+    (empty / "config.json").write_text("not json")
     config = write_config(
         tmp_path,
         workloads=["tiny-pixart-alpha"],
@@ -139,22 +141,33 @@ def test_interrupted_sweep_resumes_without_loss_or_duplicates(tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    schema_less = []  # reads that found the file without its tables: creation is atomic
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:  # wait until some, not all, runs are stored
-            if db.exists() and 1 <= len(read_runs(db)) < 4:
-                break
+            if db.exists():  # read at any moment, creation included
+                try:
+                    if 1 <= len(read_runs(db)) < 4:
+                        break
+                except pd.errors.DatabaseError as e:  # "no such table": not yet, but noted
+                    schema_less.append(str(e))
             time.sleep(0.2)
         else:
             pytest.fail("the sweep stored nothing in time")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the whole sweep, ranks included
         proc.wait()
+    assert schema_less == []
     stored_before = set(read_runs(db)["run_id"])
     cli("run", str(config), "--no-progress", "--no-report", cwd=tmp_path)
     runs = read_runs(db)
     assert len(runs) == 4 and runs["run_id"].is_unique
     assert stored_before <= set(runs["run_id"]) and set(runs["status"]) == {"ok"}
+    # every run with a baseline is scored, also one killed between its row and its scores
+    scored = set(pd.read_sql("SELECT run_id FROM fidelity", sqlite3.connect(db))["run_id"])
+    assert scored == set(runs.loc[runs["strategy"] != "none", "run_id"])
+    # and the files of every stored run are in place, none left pending
+    assert sorted(p.name for p in (db.parent / "runs").iterdir()) == sorted(runs["run_id"])
 
 
 @pytest.mark.skipif(
@@ -163,6 +176,8 @@ def test_interrupted_sweep_resumes_without_loss_or_duplicates(tmp_path):
 def test_torchrun_world_runs_its_world_size_and_records_failures(tmp_path):
     empty = tmp_path / "empty_weights"
     empty.mkdir()
+    # passes validation (a model directory), fails on the rank when the model is loaded
+    (empty / "config.json").write_text("not json")
     config = write_config(
         tmp_path,
         workloads=["tiny-pixart-alpha"],

@@ -284,9 +284,7 @@ def _comm(store: ResultStore) -> list[Block]:
     ]
     rows = [
         [
-            fmt_text(r["workload"]),
-            fmt_text(r["strategy"]),
-            fmt_int(r["world_size"]),
+            *_run_cells(r),
             fmt_text(r["op"]),
             fmt_text(r["axis"]),
             fmt_int(r["ranks"]),

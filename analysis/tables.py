@@ -147,13 +147,14 @@ def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
 def comm_by_op(db: str | Path | ResultStore) -> pd.DataFrame:
     """Per run, op and mesh axis: the comm table's per-step numbers, mean over the ranks with rows.
 
-    Columns: run_id, workload, strategy, world_size, op, axis, ranks (ranks with rows),
+    Columns: run_id, workload, strategy, options (readable), world_size, op, axis, ranks (ranks
+    with rows),
     calls_per_step, bytes_per_step, time_s (summed call durations), inflight_s (time a call was
     in flight; NaN for rows stored before it existed), exposed_s (per step, seconds), and
     algbw_gb_per_s = bytes_per_step / time_s / 1e9 (nccl-tests' algorithm bandwidth).
     """
     comm = read_table(db, "comm")
-    runs = read_table(db, "runs")[["run_id", "workload", "strategy", "world_size"]]
+    runs = load_runs(db)[["run_id", "workload", "strategy", "options", "world_size"]]
     values = ["calls_per_step", "bytes_per_step", "time_s", "inflight_s", "exposed_s"]
     grouped = comm.groupby(["run_id", "op", "axis"], dropna=False, sort=True)
     out = grouped[values].mean()
@@ -162,5 +163,5 @@ def comm_by_op(db: str | Path | ResultStore) -> pd.DataFrame:
     with np.errstate(divide="ignore", invalid="ignore"):
         bw = out["bytes_per_step"].to_numpy(dtype=float) / out["time_s"].to_numpy(dtype=float)
     out["algbw_gb_per_s"] = np.where(np.isfinite(bw), bw / 1e9, np.nan)
-    columns = ["run_id", "workload", "strategy", "world_size", "op", "axis", "ranks"]
+    columns = ["run_id", "workload", "strategy", "options", "world_size", "op", "axis", "ranks"]
     return out[columns + values + ["algbw_gb_per_s"]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from suite.parallel.plans import PIPE_PLANS, PLANS, SEQUENCE_FAMILIES, get_plan, image_tokens
 
 UNET_FAMILIES = frozenset({"unet", "unet2d"})  # convolutional: bands of latent rows, halos
-COALESCE_MODES = ("off", "block", "step")  # distrifusion: async all-gathers batched
+COALESCE_MODES = ("none", "block", "step")  # distrifusion: async all-gathers batched
 GN_MODES = ("separate", "stale", "corrected", "sync")  # distrifusion's GroupNorm statistics
 SPLITS = ("row", "column", "alternate")  # naive_patch's bands
 

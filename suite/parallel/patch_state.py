@@ -119,7 +119,7 @@ class PatchState:
         total_steps: int | None = None,
         split: str = "row",
         axis: str = "patch",
-        coalesce: str = "off",
+        coalesce: str = "none",
     ) -> None:
         if coalesce not in COALESCE_MODES:
             raise ValueError(f"coalesce={coalesce!r}; allowed: {', '.join(COALESCE_MODES)}")
@@ -208,7 +208,7 @@ class PatchState:
         is_fresh and from the previous step otherwise (buf[self.rank] then holds this rank's
         stale tensor: use `fresh` for its current value).
         """
-        if self.coalesce != "off" and not self.sync and layer in self._filled:
+        if self.coalesce != "none" and not self.sync and layer in self._filled:
             return self._exchange_coalesced(layer, fresh, build)
         buf = self.buffer(layer, (self.n, *fresh.shape), fresh)
         if self.sync or layer not in self._filled:

@@ -239,7 +239,7 @@ def test_displaced_steps_move_the_same_volume_asynchronously(run, workload, worl
 
 @pytest.mark.parametrize("workload", ["tiny-sdxl", "tiny-pixart-alpha"])
 def test_coalesced_exchanges_change_only_the_number_of_calls(run, workload):
-    off = run(workload, "distrifusion", 2, {"coalesce": "off"})
+    off = run(workload, "distrifusion", 2, {"coalesce": "none"})
     for mode in ("block", "step"):
         got = run(workload, "distrifusion", 2, {"coalesce": mode})
         # the same tensors gathered in the same step, concatenated: bitwise the same output

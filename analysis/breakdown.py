@@ -48,7 +48,17 @@ RUN_KEYS = [
     "options",
     "world_size",
 ]
-LAYER_TYPES = ("attn", "conv", "norm", "linear", "output", "cfg", "pipeline", "unknown")
+LAYER_TYPES = (
+    "attn",
+    "conv",
+    "norm",
+    "linear",
+    "output",
+    "cfg",
+    "pipeline",
+    "coalesced",  # DistriFusion's batched gathers: a block's halos, K/V and statistics together
+    "unknown",
+)
 
 # The module paths strategies log as `layer`, by type: top-level output heads first (whole
 # path), then each path component from the innermost out, the first rule that matches wins.
@@ -62,7 +72,8 @@ _COMPONENT_RULES = (
 
 
 def layer_type(path: str) -> str:
-    """Type of the module at `path`: attn, conv, norm, linear, output, cfg, pipeline or unknown.
+    """Type of the module at `path`: attn, conv, norm, linear, output, cfg, pipeline, coalesced
+    or unknown.
 
     E.g. 'down_blocks.0.resnets.0.conv1' -> conv, 'transformer_blocks.3.attn1' -> attn,
     'mid_block.attentions.0.norm' -> norm, 'proj_out' (the model's head) -> output.
@@ -75,6 +86,8 @@ def layer_type(path: str) -> str:
         return "cfg"
     if path.startswith("pipefusion."):
         return "pipeline"
+    if path.startswith("coalesced:"):
+        return "coalesced"
     for part in reversed(path.split(".")):
         for kind, rule in _COMPONENT_RULES:
             if rule.search(part):

@@ -132,6 +132,7 @@ def test_layer_types():
         "output": "output",
         "cfg": "cfg",
         "pipefusion.stage1": "pipeline",
+        "coalesced:down_blocks.1": "coalesced",
         "": "unknown",
         "blocks.7": "unknown",
     }

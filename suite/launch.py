@@ -19,15 +19,12 @@ under a new store prefix, so the sweep goes on.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime as dt
 import json
 import os
 import queue
-import re
 import signal
 import socket
-import sys
 import time
 import traceback
 from contextlib import closing
@@ -38,6 +35,14 @@ import torch.multiprocessing as mp
 
 from suite.config import RunSpec
 from suite.parallel import Unsupported
+from suite.rank_process import (  # noqa: F401 - headline is this module's API too
+    die_with_parent,
+    headline,
+    peak_rss_bytes,
+    rank_main,
+    signal_name,
+    total_memory_bytes,
+)
 from suite.runner import RankContext, RankResult, execute
 
 
@@ -50,61 +55,8 @@ class RunSkipped(RuntimeError):
 
 
 _SKIP_MARK = "SKIPPED: "
-_DEATH = re.compile(r"rank \d+ (was killed by signal|exited with code) ")
 _PARENT_POLL_S = 1.0  # how often an idle rank checks that its parent still exists
 _REAP_WAIT_S = 1.0  # how long an error waits for a dying peer's exit status
-
-
-def headline(error: str) -> str:
-    """The one line that sums up a run's error: a rank's death (said first), else the last line
-    (a traceback's exception)."""
-    lines = [line for line in error.strip().splitlines() if line.strip()]
-    if not lines:
-        return error
-    return lines[0] if _DEATH.match(lines[0]) else lines[-1]
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """End this rank when the process that spawned it ends, however it ends (SIGKILL included).
-
-    On Linux the kernel sends SIGKILL at the parent's death, which also reaches a rank stuck in
-    a collective (PR_SET_PDEATHSIG follows the spawning thread: start a LocalWorld from a thread
-    that outlives it). The parent may have died before this call, hence the check after it; an
-    idle rank also polls for its parent (`_local_worker`), the only guard elsewhere.
-    """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            pr_set_pdeathsig = 1
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return str(signum)
-
-
-def _peak_rss_bytes(pid: int) -> int | None:
-    """A process's peak resident set (VmHWM, since its last reset by the runner); Linux only."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _total_memory_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            return int(f.readline().split()[1]) * 1024  # MemTotal: first line, in kB
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _free_port() -> int:
@@ -176,7 +128,7 @@ def _local_worker(
     With `fake`, the one process emulates whole worlds (see `emulate`) and joins none.
     """
     parent_pid = os.getppid() if parent_pid is None else parent_pid
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group, but the parent owns the world: it kills the ranks.
     # SIGINT was blocked at spawn (LocalWorld.start), so none arrived during the imports.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -279,7 +231,7 @@ class LocalWorld:
         try:
             for rank in range(self.world_size):
                 p = self._ctx.Process(
-                    target=_local_worker,
+                    target=rank_main,
                     args=(
                         rank,
                         self.world_size,
@@ -371,13 +323,13 @@ class LocalWorld:
         if code > 0:
             sentence = f"rank {r} exited with code {code} while {what}"
         else:
-            sentence = f"rank {r} was killed by signal {_signal_name(-code)} while {what}"
+            sentence = f"rank {r} was killed by signal {signal_name(-code)} while {what}"
         if code == -signal.SIGKILL:
             sentence += (
                 ": most likely by the kernel's OOM killer (look for 'Killed process' in `dmesg` "
                 "or `journalctl -k`)"
             )
-            peak, total = self._peak_rss.get(r), _total_memory_bytes()
+            peak, total = self._peak_rss.get(r), total_memory_bytes()
             if peak:
                 of = f" of the machine's {total / 1e9:.1f} GB" if total else ""
                 sentence += f"; its resident memory was last seen at {peak / 1e9:.2f} GB{of}"
@@ -393,7 +345,7 @@ class LocalWorld:
             return
         self._next_sample = now + 0.5
         for r, p in enumerate(self._procs):
-            rss = _peak_rss_bytes(p.pid)
+            rss = peak_rss_bytes(p.pid)
             if rss:
                 self._peak_rss[r] = max(self._peak_rss.get(r, 0), rss)
 

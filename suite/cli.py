@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
+
+from suite.cli_checks import calibrate_problems, out_dir_problem, profile_problems
 
 EPILOG = """examples:
   diffscale run configs/quickstart.yaml            # sweep, store, report
@@ -29,35 +30,13 @@ def _errors(problems: list[str]) -> int:
     return 2
 
 
-def _out_dir_problem(flag: str, value: str) -> str | None:
-    """Why `value` cannot be an output directory (created if missing); None if it can."""
-    import os
-
-    from suite.config import expand_path
-
-    if not value.strip():
-        return f"{flag} {value!r}: empty; give a directory"
-    path = expand_path(value)
-    if path.exists() and not path.is_dir():
-        return (
-            f"{flag} {value}: exists and is not a directory; give a directory (created if missing)"
-        )
-    for parent in (path, *path.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                return f"{flag} {value}: {parent} is a file, so the directory cannot be made"
-            if not os.access(parent, os.W_OK | os.X_OK):
-                return f"{flag} {value}: {parent} is not writable"
-            break
-    return None
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     # Cheap checks first, torch-free: a bad config or argument is rejected in well under a
     # second; torch and diffusers load only for a valid config (memory check, then the sweep).
-    from suite.config import ConfigError, expand_path, load_config
+    from suite.config import ConfigError, load_config
+    from suite.settings import expand_path
 
-    problems = [p for p in [args.out is not None and _out_dir_problem("--out", args.out)] if p]
+    problems = [p for p in [args.out is not None and out_dir_problem("--out", args.out)] if p]
     try:
         config = load_config(args.config)
     except ConfigError as e:
@@ -165,10 +144,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from suite.config import expand_path
     from suite.results import ResultStore
+    from suite.settings import expand_path
 
-    if args.out is not None and (problem := _out_dir_problem("--out", args.out)):
+    if args.out is not None and (problem := out_dir_problem("--out", args.out)):
         return _errors([problem])
     db = _db_of(args.results)
     out = expand_path(args.out) if args.out else db.parent / "export"
@@ -179,7 +158,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_workloads(args: argparse.Namespace) -> int:
-    from suite.config import _parse_resolution
+    from suite.settings import parse_resolution
     from workloads.limits import check_resolution, resolution_rule
     from workloads.presets import PRESETS
 
@@ -187,7 +166,7 @@ def _cmd_workloads(args: argparse.Namespace) -> int:
     height = width = None
     if args.resolution is not None:
         text = args.resolution.strip()
-        parsed = _parse_resolution(int(text) if text.isdigit() else text)
+        parsed = parse_resolution(int(text) if text.isdigit() else text)
         if parsed is None:
             return _errors(
                 [
@@ -221,71 +200,12 @@ def _cmd_workloads(args: argparse.Namespace) -> int:
     return 0
 
 
-_SIZES = re.compile(r"^\s*(\d+(?:\.\d+)?[KMG]|\d+)\s*-\s*(\d+(?:\.\d+)?[KMG]|\d+)\s*$", re.I)
-_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-MAX_CALIBRATION_BYTES = 4 << 30  # each rank allocates buffers of the largest size
-RANK_BYTES = 1 << 30  # one calibrating rank: torch and diffusers imported, buffers
-
-
-def _bytes(text: str) -> int:
-    text = text.strip().upper()
-    return int(float(text[:-1]) * _UNITS[text[-1]]) if text[-1] in _UNITS else int(text)
-
-
-def _calibrate_problems(args: argparse.Namespace) -> tuple[list[str], tuple[int, ...]]:
-    """Every bad calibrate argument, and the world sizes asked for."""
-    from suite.config import EXPERIMENT_NAME, MAX_THREADS
-    from suite.memory import _mem_available
-    from workloads.presets import get_preset
-
-    problems, sizes = [], []
-    available, _ = _mem_available()
-    most = max(2, available // RANK_BYTES)
-    bad = []
-    for part in args.world_sizes.split(","):
-        if not part.strip().isdigit() or not 2 <= int(part) <= most:
-            bad.append(part.strip())
-        elif int(part) not in sizes:
-            sizes.append(int(part))
-    if bad:
-        problems.append(
-            f"--world-sizes {args.world_sizes!r}: {', '.join(map(repr, bad))} not world sizes; "
-            f"give comma-separated integers from 2 to {most} (about 1 GiB of this host's "
-            "available memory per rank), e.g. 2,4"
-        )
-    m = _SIZES.match(args.sizes)
-    if not m:
-        problems.append(
-            f"--sizes {args.sizes!r}: write a byte range LOW-HIGH with optional K, M, G, e.g. "
-            "1K-256M"
-        )
-    elif not 1 <= _bytes(m[1]) <= _bytes(m[2]) <= MAX_CALIBRATION_BYTES:
-        problems.append(
-            f"--sizes {args.sizes!r}: need 1 <= LOW <= HIGH <= 4G bytes (each rank allocates "
-            "buffers of HIGH bytes)"
-        )
-    if not 1 <= args.threads <= MAX_THREADS:
-        problems.append(f"--threads {args.threads}: must be an integer from 1 to {MAX_THREADS}")
-    if not EXPERIMENT_NAME.fullmatch(args.name) or args.name in ("devices", "links"):
-        problems.append(
-            f"--name {args.name!r}: the profile's file name: up to 100 letters, digits, '_', '.', "
-            "'-' starting with a letter or digit, not 'devices' or 'links' (the catalogs)"
-        )
-    if problem := _out_dir_problem("--out", args.out):
-        problems.append(problem)
-    try:
-        get_preset(args.preset)
-    except ValueError as e:
-        problems.append(f"--preset {args.preset!r}: {e}")
-    return problems, tuple(sizes)
-
-
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    problems, world_sizes = _calibrate_problems(args)
+    problems, world_sizes = calibrate_problems(args)
     if problems:
         return _errors(problems)
     from suite.calibrate import calibrate, size_ladder
-    from suite.config import expand_path
+    from suite.settings import expand_path
 
     profile_path, plot, profile = calibrate(
         world_sizes=world_sizes,
@@ -311,49 +231,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _profile_problems(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """Every bad --hardware / --source / --dtype / --out of `project`, and the hardware names."""
-    import yaml
-
-    from analysis.hardware import DTYPE_KEYS, available_profiles, load_profile
-
-    names = [h.strip() for h in args.hardware.split(",") if h.strip()]
-    problems = []
-    if not names:
-        problems.append(
-            f"--hardware {args.hardware!r}: names no profile; give comma-separated names from: "
-            f"{', '.join(available_profiles())}"
-        )
-    profiles = []
-    for flag, name in [("--hardware", h) for h in names] + [("--source", args.source)]:
-        try:
-            profiles.append(load_profile(name))
-        except (ValueError, KeyError, TypeError, AttributeError, OSError, yaml.YAMLError) as e:
-            why = (
-                e
-                if isinstance(e, ValueError)
-                else f"not a usable profile ({type(e).__name__}: {e})"
-            )
-            problems.append(f"{flag} {name!r}: {why}")
-    if args.dtype is not None:
-        allowed = [*DTYPE_KEYS, *DTYPE_KEYS.values(), "tf32"]
-        if args.dtype not in allowed:
-            problems.append(f"--dtype {args.dtype!r}: allowed: {', '.join(allowed)}")
-        else:
-            for profile in profiles:
-                try:
-                    profile.device.throughput(args.dtype)
-                except ValueError as e:
-                    problems.append(f"--dtype {args.dtype!r}: profile {profile.name}: {e}")
-    if args.out is not None and (problem := _out_dir_problem("--out", args.out)):
-        problems.append(problem)
-    return problems, names
-
-
 def _cmd_project(args: argparse.Namespace) -> int:
     from analysis.projection import project_store
 
-    problems, names = _profile_problems(args)
+    problems, names = profile_problems(args)
     if problems:
         return _errors(problems)
     db = _db_of(args.results)

@@ -28,28 +28,26 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
 import os
-import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from suite import parallel
+from suite.config_entries import check_degrees, check_options, check_shape
 from suite.mesh import AXES, ParallelDims
-
-DTYPES = ("float32", "float16", "bfloat16")
-DEVICES = ("cpu", "cuda", "auto")
-WORLD_MODES = ("real", "fake")
-
-MAX_COUNT = 2**31 - 1  # steps, batch, repeats: a C int on every rank
-MAX_SEED = 2**63 - 1  # stored as a SQLite INTEGER (signed 64-bit); torch takes up to 2^64 - 1
-MAX_THREADS = 1024  # OMP_NUM_THREADS of one rank
-MAX_TIMEOUT_S = 1e6  # ~11.6 days; a datetime.timedelta in the process group
-MAX_WORLD = 65536  # ranks of one run (a fake world emulates them one after another)
-EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+from suite.settings import (
+    EXPERIMENT_NAME,
+    FidelitySettings,
+    Settings,
+    as_list,
+    check_fidelity,
+    check_settings,
+    looks_local,
+    parse_resolution,
+)
 
 
 class ConfigError(ValueError):
@@ -58,138 +56,6 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str], source: str = "config"):
         self.problems = problems
         super().__init__(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Per-run settings; every field may be set in `settings:` or overridden per strategy."""
-
-    steps: int | None = None  # None: the preset's default
-    batch: int = 1
-    seed: int = 0
-    guidance: float | None = None  # None: the preset's default
-    scheduler: str | None = None  # None: the preset's default
-    dtype: str = "float32"
-    device: str = "cpu"
-    warmup_runs: int = 1
-    repeats: int = 3
-    threads_per_rank: int = 1
-    timeout_s: float = 600.0
-    weights: str | None = None
-    world_mode: str = "real"  # fake: one process emulates each rank, collectives move no data
-    # refuse runs whose estimated peak memory exceeds the device's (suite.memory); false: run
-    memory_check: bool = True
-
-
-def _looks_local(weights: str) -> bool:
-    """A path rather than a hub id ('org/name')."""
-    return weights.startswith(("/", ".", "~")) or weights.count("/") != 1
-
-
-# integer settings: (least, most)
-_INT_RANGE = {
-    "steps": (1, MAX_COUNT),
-    "batch": (1, MAX_COUNT),
-    "seed": (0, MAX_SEED),
-    "warmup_runs": (0, MAX_COUNT),
-    "repeats": (1, MAX_COUNT),
-    "threads_per_rank": (1, MAX_THREADS),
-}
-_NUMBER_MAX = {"guidance": None, "timeout_s": MAX_TIMEOUT_S}
-_CHOICES = {"dtype": DTYPES, "device": DEVICES, "world_mode": WORLD_MODES}
-# the layouts workloads.models.pretrained_model loads: a saved model or a pipeline directory
-WEIGHTS_LAYOUTS = ("config.json", "unet/config.json", "transformer/config.json")
-
-
-def expand_path(value: str) -> Path:
-    """`value` with a leading ~ expanded (left as written when that user has no home)."""
-    try:
-        return Path(value).expanduser()
-    except RuntimeError:
-        return Path(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_weights(value: str, where: str, problems: list[str]) -> str | None:
-    """The weights setting, a local path expanded; None (and a problem) when it holds no model."""
-    if not value.strip():
-        problems.append(
-            f"{where}: {value!r} is empty; give a local diffusers model or pipeline directory, "
-            "or a hub id like 'org/name' (or leave it unset: packaged or random weights)"
-        )
-        return None
-    if not _looks_local(value):
-        return value  # a hub id: checked when a rank downloads it
-    path = expand_path(value)
-    if not path.is_dir():
-        problems.append(
-            f"{where}: {value!r} is not a directory; give a local diffusers model or pipeline "
-            "directory, or a hub id like 'org/name'"
-        )
-        return None
-    if not any((path / layout).is_file() for layout in WEIGHTS_LAYOUTS):
-        problems.append(
-            f"{where}: {value!r} holds no model: none of {', '.join(WEIGHTS_LAYOUTS)} is in it; "
-            "give a saved diffusers model directory (config.json) or a pipeline directory"
-        )
-        return None
-    return str(path)
-
-
-def _check_settings(raw: Any, path: str, base: Settings, problems: list[str]) -> Settings:
-    if raw is None:
-        return base
-    if not isinstance(raw, dict):
-        problems.append(f"{path}: {raw!r} is not a mapping of setting names to values")
-        return base
-    allowed = [f.name for f in fields(Settings)]
-    values = asdict(base)
-    for key, value in raw.items():
-        where = f"{path}.{key}"
-        if key not in allowed:
-            problems.append(f"{where}: unknown setting; allowed: {', '.join(allowed)}")
-            continue
-        if value is None and key in ("steps", "guidance", "scheduler", "weights"):
-            values[key] = None  # the preset's default (weights: packaged or random)
-            continue
-        if key in _INT_RANGE:
-            least, most = _INT_RANGE[key]
-            if not _is_int(value) or not least <= value <= most:
-                problems.append(f"{where}: {value!r}; must be an integer >= {least} and <= {most}")
-                continue
-        elif key in _CHOICES:
-            if not isinstance(value, str) or value not in _CHOICES[key]:
-                problems.append(f"{where}: {value!r}; allowed: {', '.join(_CHOICES[key])}")
-                continue
-        elif key in _NUMBER_MAX:
-            most = _NUMBER_MAX[key]
-            if (
-                not isinstance(value, int | float)
-                or isinstance(value, bool)
-                or not math.isfinite(value)
-                or value <= 0
-                or (most is not None and value > most)
-            ):
-                bound = f" and <= {most:g}" if most is not None else ""
-                problems.append(f"{where}: {value!r}; must be a finite number > 0{bound}")
-                continue
-        elif key == "memory_check":
-            if not isinstance(value, bool):
-                problems.append(f"{where}: {value!r}; allowed: true, false")
-                continue
-        elif key in ("scheduler", "weights"):
-            if not isinstance(value, str):
-                problems.append(f"{where}: {value!r}; must be a string")
-                continue
-            if key == "weights":
-                value = _check_weights(value, where, problems)
-                if value is None:
-                    continue
-        values[key] = value
-    return Settings(**values)
 
 
 @dataclass(frozen=True)
@@ -258,36 +124,6 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
-class FidelitySettings:
-    """The config's `fidelity:` mapping (suite.fidelity.score): scoring inputs, not run identity.
-
-    fidelity: {reference: data/coco-val, weights_dir: ~/weights}
-    """
-
-    reference: str | None = None  # folder of ground-truth images: FID "vs ground truth"
-    weights_dir: str | None = None  # Inception / AlexNet weights; None: $DIFFSCALE_WEIGHTS_DIR
-
-
-def _check_fidelity(raw: Any, problems: list[str]) -> FidelitySettings:
-    if raw is None:
-        return FidelitySettings()
-    if not isinstance(raw, dict):
-        problems.append(f"fidelity: {raw!r} must be a mapping with keys reference, weights_dir")
-        return FidelitySettings()
-    values: dict[str, str] = {}
-    for key, value in raw.items():
-        if key not in ("reference", "weights_dir"):
-            problems.append(f"fidelity.{key}: unknown key; allowed: reference, weights_dir")
-        elif value is not None and not isinstance(value, str):
-            problems.append(f"fidelity.{key}: {value!r} must be a directory path")
-        elif key == "reference" and value and not expand_path(value).is_dir():
-            problems.append(f"fidelity.reference: {value!r} is not a directory of images")
-        elif value:
-            values[key] = str(expand_path(value))
-    return FidelitySettings(**values)
-
-
-@dataclass(frozen=True)
 class ExperimentConfig:
     experiment: str
     description: str
@@ -297,159 +133,12 @@ class ExperimentConfig:
     fidelity: FidelitySettings = field(default_factory=FidelitySettings)
 
 
-_RESOLUTION = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
-
-
-def _parse_resolution(value: Any) -> tuple[int, int] | None:
-    if _is_int(value) and value > 0:
-        return value, value
-    if isinstance(value, str):
-        m = _RESOLUTION.match(value)
-        if m and int(m[1]) > 0 and int(m[2]) > 0:
-            return int(m[1]), int(m[2])
-    return None
-
-
-def _as_list(raw: Any, path: str, problems: list[str]) -> list:
-    if raw is None:
-        return []
-    if isinstance(raw, list):
-        return raw
-    problems.append(f"{path}: {raw!r} must be a list")
-    return []
-
-
 def _resolve_device(device: str) -> str:
     if device != "auto":
         return device
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _check_world_size(w: Any, where: str, problems: list[str]) -> bool:
-    if not _is_int(w) or not 1 <= w <= MAX_WORLD:
-        problems.append(f"{where}: {w!r}; must be an integer >= 1 and <= {MAX_WORLD}")
-        return False
-    return True
-
-
-def _check_degree_map(degrees: Any, path: str, problems: list[str]) -> dict[str, int] | None:
-    """`degrees:` as {axis: degree}, every bad axis and degree reported; None if any is bad."""
-    if not isinstance(degrees, dict):
-        problems.append(f"{path}.degrees: {degrees!r} must map axis names to degrees")
-        return None
-    before = len(problems)
-    for axis, degree in degrees.items():
-        if axis not in AXES:
-            problems.append(f"{path}.degrees.{axis}: unknown mesh axis; allowed: {', '.join(AXES)}")
-        elif not _is_int(degree) or not 1 <= degree <= MAX_WORLD:
-            problems.append(
-                f"{path}.degrees.{axis}: {degree!r}; must be an integer >= 1 and <= {MAX_WORLD}"
-            )
-    if len(problems) > before:
-        return None
-    dims = ParallelDims.from_mapping(degrees)
-    if dims.world_size > MAX_WORLD:
-        problems.append(
-            f"{path}.degrees: {degrees} makes a world of {dims.world_size} ranks; at most "
-            f"{MAX_WORLD}"
-        )
-        return None
-    return degrees
-
-
-def _check_shape(entry: dict, path: str, problems: list[str]) -> None:
-    """What can be checked of an entry whose strategy is unknown: the form of its fields."""
-    if entry.get("degrees") is not None:
-        _check_degree_map(entry["degrees"], path, problems)
-    for i, w in enumerate(_as_list(entry.get("world_sizes"), f"{path}.world_sizes", problems)):
-        _check_world_size(w, f"{path}.world_sizes[{i}]", problems)
-    for key in ("options", "sweep"):
-        raw = entry.get(key)
-        if raw is not None and not isinstance(raw, dict):
-            problems.append(f"{path}.{key}: {raw!r} must be a mapping")
-    sweep = entry.get("sweep")
-    for name, values in (sweep if isinstance(sweep, dict) else {}).items():
-        if not isinstance(values, list) or not values:
-            problems.append(f"{path}.sweep.{name}: {values!r} must be a non-empty list")
-
-
-def _check_degrees(entry: dict, strategy, path: str, problems: list[str]) -> list[dict[str, int]]:
-    """The list of degree mappings (one per world size) an entry asks for."""
-    degrees, world_sizes = entry.get("degrees"), entry.get("world_sizes")
-    if degrees is not None:
-        if _check_degree_map(degrees, path, problems) is None:
-            return []
-        dims = ParallelDims.from_mapping(degrees)
-        foreign = [a for a in dims.active() if a not in strategy.axes]
-        if foreign:
-            allowed = ", ".join(strategy.axes) or "none (it runs on one device)"
-            problems.append(
-                f"{path}.degrees: axis {foreign} is not used by strategy '{strategy.name}'; "
-                f"its axes: {allowed}"
-            )
-            return []
-        sizes = _as_list(world_sizes, f"{path}.world_sizes", problems) or [dims.world_size]
-        bad = [w for w in sizes if w != dims.world_size]
-        if bad:
-            problems.append(
-                f"{path}.degrees: {degrees} has product {dims.world_size} but world_sizes is "
-                f"{sizes}; the product of the degrees must equal the world size"
-            )
-            return []
-        return [dims.active()]
-    out = []
-    for i, w in enumerate(_as_list(world_sizes, f"{path}.world_sizes", problems) or [1]):
-        if not _check_world_size(w, f"{path}.world_sizes[{i}]", problems):
-            continue
-        if w > 1 and not strategy.axes:
-            problems.append(
-                f"{path}.world_sizes[{i}]: {w}; strategy '{strategy.name}' runs on one device, "
-                "so its world size must be 1"
-            )
-        else:
-            out.append({strategy.axes[0]: w} if w > 1 else {})
-    return out
-
-
-def _check_options(entry: dict, strategy, path: str, problems: list[str]) -> list[dict[str, Any]]:
-    """Every combination of options (fixed options x sweep values) an entry asks for; every bad
-    option and value is reported, and none is returned if there is one."""
-    options = entry.get("options") or {}
-    sweep = entry.get("sweep") or {}
-    before = len(problems)
-    for key, raw in (("options", options), ("sweep", sweep)):
-        if not isinstance(raw, dict):
-            problems.append(f"{path}.{key}: {raw!r} must be a mapping")
-    if len(problems) > before:
-        return []
-    allowed = ", ".join(strategy.options) or "none"
-    base, sweep_values = {}, []
-    for name, value in options.items():
-        where = f"{path}.options.{name}"
-        if name not in strategy.options:
-            problems.append(f"{where}: unknown option of '{strategy.name}'; allowed: {allowed}")
-        elif name in sweep:
-            problems.append(f"{where}: set in both options and sweep; give it in one of them")
-        elif err := strategy.options[name].check(name, value):
-            problems.append(f"{where}: {err}")
-        else:
-            base[name] = value
-    for name, values in sweep.items():
-        where = f"{path}.sweep.{name}"
-        if name not in strategy.options:
-            problems.append(f"{where}: unknown option of '{strategy.name}'; allowed: {allowed}")
-        elif not isinstance(values, list) or not values:
-            problems.append(f"{where}: {values!r} must be a non-empty list")
-        else:
-            errs = [e for v in values if (e := strategy.options[name].check(name, v))]
-            problems.extend(f"{where}: {e}" for e in errs)
-            sweep_values.append([(name, v) for v in values])
-    if len(problems) > before:
-        return []
-    resolved = {k: o.default for k, o in strategy.options.items()} | base
-    return [resolved | dict(combo) for combo in itertools.product(*sweep_values)]
 
 
 def _check_geometry(presets: list, resolutions: list[tuple[int, int]], problems: list[str]):
@@ -514,7 +203,7 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
             "'-' starting with a letter or digit (it names the results directory: no paths)"
         )
     presets = []
-    names = _as_list(raw.get("workloads"), "workloads", problems)
+    names = as_list(raw.get("workloads"), "workloads", problems)
     if not names and isinstance(raw.get("workloads"), list | None):
         problems.append("workloads: missing or empty; name at least one preset")
     for i, name in enumerate(names):
@@ -525,8 +214,8 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
         except ValueError as e:
             problems.append(f"workloads[{i}]: {e}")
     resolutions = []
-    for i, r in enumerate(_as_list(raw.get("resolutions"), "resolutions", problems)):
-        parsed = _parse_resolution(r)
+    for i, r in enumerate(as_list(raw.get("resolutions"), "resolutions", problems)):
+        parsed = parse_resolution(r)
         if parsed is None:
             problems.append(f"resolutions[{i}]: {r!r}; write a positive int (square) or 'HxW'")
         else:
@@ -535,11 +224,11 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
         problems.append("resolutions: missing or empty; e.g. [256] or ['512x1024']")
     bad_geometry = _check_geometry(presets, resolutions, problems)
     settings_before = len(problems)
-    settings = _check_settings(raw.get("settings"), "settings", Settings(), problems)
+    settings = check_settings(raw.get("settings"), "settings", Settings(), problems)
     top_settings_ok = len(problems) == settings_before
-    fidelity = _check_fidelity(raw.get("fidelity"), problems)
+    fidelity = check_fidelity(raw.get("fidelity"), problems)
 
-    entries = _as_list(raw.get("strategies"), "strategies", problems)
+    entries = as_list(raw.get("strategies"), "strategies", problems)
     if not entries and isinstance(raw.get("strategies"), list | None):
         problems.append(
             "strategies: missing or empty; e.g. [{name: none}, {name: data, world_sizes: [2]}]"
@@ -557,7 +246,7 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
                 "world_sizes, options, sweep, settings"
             )
         before = len(problems)
-        s = _check_settings(entry.get("settings"), f"{path}.settings", settings, problems)
+        s = check_settings(entry.get("settings"), f"{path}.settings", settings, problems)
         settings_ok = top_settings_ok and len(problems) == before
         strategy = None
         if "name" not in entry:
@@ -571,10 +260,10 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
             except ValueError as e:
                 problems.append(f"{path}.name: {e}")
         if strategy is None:
-            _check_shape(entry, path, problems)
+            check_shape(entry, path, problems)
             continue
-        degree_sets = _check_degrees(entry, strategy, path, problems)
-        option_sets = _check_options(entry, strategy, path, problems)
+        degree_sets = check_degrees(entry, strategy, path, problems)
+        option_sets = check_options(entry, strategy, path, problems)
         for preset, (h, w), degrees, options in itertools.product(
             presets, resolutions, degree_sets, option_sets
         ):
@@ -654,7 +343,7 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
 def _weights_fit(weights: str, preset) -> bool:
     """False for a local pipeline directory lacking the preset's subfolder (hub ids pass)."""
     path = Path(weights)
-    if not _looks_local(weights) or (path / "config.json").is_file():
+    if not looks_local(weights) or (path / "config.json").is_file():
         return True
     return (path / preset.weights_subfolder / "config.json").is_file()
 
@@ -757,6 +446,7 @@ __all__ = [
     "AXES",
     "ConfigError",
     "ExperimentConfig",
+    "FidelitySettings",
     "RunSpec",
     "Settings",
     "load_config",

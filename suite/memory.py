@@ -259,7 +259,7 @@ def estimate(spec: RunSpec) -> Estimate:
     return Estimate(params * elt, activations, buffers)
 
 
-def _mem_available() -> tuple[int, str]:
+def mem_available() -> tuple[int, str]:
     """Host memory free for new processes, bytes, and where the number comes from."""
     try:
         with open("/proc/meminfo") as f:
@@ -342,7 +342,7 @@ def check_runs(runs, ranks_per_host: int | None = None) -> list[str]:
             else min(spec.world_size, ranks_per_host or spec.world_size)
         )
         need = ranks * (est.total + baseline)
-        limit, what = _mem_available()
+        limit, what = mem_available()
         if need > limit:
             problems.append(
                 f"{spec.label()}: needs about {fmt_bytes(need)} of host memory: {ranks} rank(s) x "

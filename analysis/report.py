@@ -41,6 +41,7 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
     ("workload", _DOCS["workload"]),
     ("height x width", "image size in pixels"),
     ("steps", _DOCS["steps"]),
+    ("batch", _DOCS["batch"]),
     ("strategy", _DOCS["strategy"]),
     ("degrees", "degree per mesh axis, axis=degree"),
     ("options", "the strategy's options, option=value (defaults filled in)"),
@@ -89,7 +90,7 @@ _TEXT_COLUMNS = {
 def _ordered(runs: pd.DataFrame) -> pd.DataFrame:
     # Baseline first within each workload, then strategies by name, then by world size.
     key = runs.assign(_not_base=runs["strategy"] != "none")
-    cols = ["experiment", "workload", "height", "width", "steps", "_not_base", "strategy"]
+    cols = ["experiment", "workload", "height", "width", "steps", "_not_base", "strategy", "batch"]
     key = key.sort_values(
         [*cols, "world_size", "degrees", "options"], kind="stable", na_position="last"
     )
@@ -103,6 +104,7 @@ def _result_row(r: pd.Series) -> dict[str, str]:
         "workload": fmt_text(r["workload"]),
         "height x width": f"{fmt_int(r['height'])}x{fmt_int(r['width'])}",
         "steps": fmt_int(r["steps"]),
+        "batch": fmt_int(r["batch"]),
         "strategy": fmt_text(r["strategy"]),
         "degrees": fmt_text(r["degrees"]),
         "options": fmt_text(r["options"]),

@@ -166,12 +166,12 @@ def test_write_report(db, tmp_path):
     assert "MEASURED" in md and "testhost" in md and "abc123" in md and "python=3.11" in md
     assert "2025-01-01T00:00:00Z to 2025-01-04T00:00:00Z" in md
     base = _md_row(md, "none", "2.000")
-    assert base[:6] == ["tiny-x", "64x64", "4", "none", "-", "-"]  # ..., degrees, options
-    assert base[6:10] == ["1", "2.000", "1.800-2.200", "1.00"]
+    assert base[:7] == ["tiny-x", "64x64", "4", "1", "none", "-", "-"]  # batch, ..., options
+    assert base[7:11] == ["1", "2.000", "1.800-2.200", "1.00"]
     w2 = _md_row(md, "data=2", "1.250")
     # latency, range, speedup, efficiency, step, compute, exposed, overlap, comm MB, mem, params,
     # buffers (not recorded here), status
-    assert w2[7:] == [
+    assert w2[8:] == [
         "1.250",
         "1.125-1.375",
         "1.60",
@@ -187,7 +187,7 @@ def test_write_report(db, tmp_path):
         "ok",
     ]
     w4 = _md_row(md, "data=4", "0.8000")
-    assert w4[9:11] == ["2.50", "62.5"]
+    assert w4[10:12] == ["2.50", "62.5"]
     assert _md_row(md, "tiny-y")[9] == "-"
     assert _md_row(md, "ulysses")[-1] == "failed"
     # Error excerpt: first lines plus the omitted-count marker, in both formats.
@@ -235,9 +235,9 @@ def test_superlinear_efficiency_and_per_rank_work_baseline(tmp_path):
     _, md_path = write_report(path, tmp_path / "r")
     md = md_path.read_text(encoding="utf-8")
     d2 = _md_row(md, "data=2", "0.8000")
-    assert d2[9:13] == ["2.50", "125.0 †", "0.6000", "75.0"]
-    assert _md_row(md, "data=2", "1.250")[9:13] == ["1.60", "80.0", "- ‡", "- ‡"]
-    assert _md_row(md, "cfg=2")[11:13] == ["-", "-"]
+    assert d2[10:14] == ["2.50", "125.0 †", "0.6000", "75.0"]
+    assert _md_row(md, "data=2", "1.250")[10:14] == ["1.60", "80.0", "- ‡", "- ‡"]
+    assert _md_row(md, "cfg=2")[12:14] == ["-", "-"]
     assert "† Efficiency above 100% (superlinear). It is not free speed" in md
     assert "‡ No single-device run at the per-rank batch" in md
     assert "| baseline_per_rank_work_s |" in md  # in the column glossary

@@ -178,7 +178,11 @@ PROJECTION: tuple[Column, ...] = (
     Column("hardware", "TEXT", "hardware profile name (projected, never measured)"),
     Column("latency_s", "REAL", "projected latency"),
     Column("compute_s", "REAL", "projected compute per step"),
-    Column("comm_s", "REAL", "projected communication per step"),
+    Column(
+        "comm_s",
+        "REAL",
+        "projected time per step at least one collective is in flight (a union, as measured)",
+    ),
     Column("exposed_comm_s", "REAL", "projected exposed communication per step"),
 )
 

@@ -1,13 +1,16 @@
 """Hardware profiles: devices, links and topology, loaded from `configs/hardware/`.
 
-Three kinds of file:
+Kinds of file:
 - `devices.yaml`: name -> dense peak throughput (TFLOP/s per dtype), memory bandwidth and size;
 - `links.yaml`: name -> per-direction bandwidth (GB/s) and latency (us) of one hop, and whether
   one link is shared by a node's GPUs (a node's single NIC) or each GPU has its own;
 - one file per system profile: a device, GPUs per node, nodes, the intra- and inter-node links;
   a calibrated profile (`diffscale calibrate`) also carries fitted alpha/beta per collective and
-  group size, and the throughput the device achieved rather than its peak.
-Every catalog number cites its source in a comment of the YAML.
+  group size, the throughput the device achieved rather than its peak, and its measured operator
+  efficiency curves (`opcurves`, see analysis.opmodel);
+- `opcurves/<device>.yaml`: a catalog device's operator efficiency curves (analysis.opmodel).
+Every catalog number cites its source in a comment of the YAML (opcurves: a `source` or an
+`estimate` field on every point).
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from pathlib import Path
 
 import yaml
 
+from analysis.opmodel import OpCurves, parse_curves
+
 HARDWARE_DIR = Path(__file__).resolve().parent.parent / "configs" / "hardware"
 CATALOGS = ("devices.yaml", "links.yaml")
+OPCURVES_DIR = "opcurves"  # under the hardware directory: <device name>.yaml
 DTYPE_KEYS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}  # run dtype -> catalog key
 
 
@@ -78,6 +84,7 @@ class Profile:
         default_factory=dict
     )
     cpu_cores: int | None = None  # CPU profiles: ranks beyond the cores share them
+    opcurves: OpCurves | None = None  # operator efficiency curves (None: the device's peaks)
 
     def contention(self, world_size: int, threads_per_rank: int) -> float:
         """How much slower compute runs because ranks share cores (1 on GPUs), if every rank
@@ -182,11 +189,12 @@ def load_profile(name_or_path: str | Path, root: Path = HARDWARE_DIR) -> Profile
     curves = {k: tuple(zip(*sorted(v), strict=True)) for k, v in points.items()}
     nodes = int(d.get("nodes", 1))
     inter = _link(d.get("inter_node_link"), root)
+    device = _device(d["device"], root)
     if nodes > 1 and inter is None:
         raise ValueError(f"{path}: {nodes} nodes need an inter_node_link")
     return Profile(
         name=d.get("name", path.stem),
-        device=_device(d["device"], root),
+        device=device,
         gpus_per_node=int(d["gpus_per_node"]),
         nodes=nodes,
         intra_node=_link(d["intra_node_link"], root),
@@ -196,7 +204,22 @@ def load_profile(name_or_path: str | Path, root: Path = HARDWARE_DIR) -> Profile
         fits=fits,
         curves=curves,
         cpu_cores=d.get("cpu_cores"),
+        opcurves=_opcurves(d, device.name, path, root),
     )
+
+
+def _opcurves(d: dict, device: str, path: Path, root: Path) -> OpCurves | None:
+    """A profile's own `opcurves` (calibrated), else its catalog device's curve file."""
+    if d.get("opcurves"):
+        return parse_curves(d["opcurves"], f"{path}: opcurves")
+    return device_curves(device, root)
+
+
+@cache
+def device_curves(device: str, root: Path = HARDWARE_DIR) -> OpCurves | None:
+    """The catalog curves of `device` (configs/hardware/opcurves/<device>.yaml), or None."""
+    path = root / OPCURVES_DIR / f"{device}.yaml"
+    return parse_curves(_read(path), str(path)) if path.is_file() else None
 
 
 def available_profiles(root: Path = HARDWARE_DIR) -> list[str]:

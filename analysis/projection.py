@@ -5,8 +5,17 @@ with measured columns.
 
 The model (after "Characterizing Deep Learning Training Workloads on Alibaba-PAI": split time into
 computation and communication, then re-cost each on other hardware):
-- compute: each measured compute interval (the time a rank was not blocked on communication)
-  is scaled by source throughput / target throughput for the run's dtype;
+- compute, analytic runs (`suite.optrace` traces): the operator model (`analysis.opmodel`) prices
+  every segment signature on the target; `retime` turns the boundary clock into seconds;
+- compute, measured runs (real, fake): each measured compute interval (the time a rank was not
+  blocked on communication) is scaled by target / source time of the same work: the operator
+  model on an analytic run of the same configuration where the store holds one, else the ratio
+  of the profiles' matmul-curve throughput at the run's typical GEMM;
+- dtype: compute priced in the target dtype, collective payloads rescaled by its element size;
+- anchoring: one factor on a target's compute time, chosen so that the single-device run of
+  the workload projects to a given latency;
+- sensitivity: the critical path (the slowest rank's timeline) split into compute-bound,
+  memory-bound, launch and exposed-communication shares;
 - communication: each collective costs alpha-beta on the link its group crosses (ring
   all-gather / reduce-scatter / all-to-all (p-1)a + (p-1)/p n/B, all-reduce 2(p-1)a +
   2(p-1)/p n/B, broadcast and send/recv a + n/B); a group that spans nodes uses the
@@ -26,16 +35,19 @@ computation and communication, then re-cost each on other hardware):
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 
+from analysis import opmodel
 from analysis.hardware import Profile
 from suite.comm import OPS
 from suite.intervals import covered_s
 from suite.mesh import AXES
+from suite.optrace import EMPTY, retime
 
 # nccl-tests bus-bandwidth factors: busbw = algbw * factor(p), algbw = size / time
 BUSBW_FACTOR = {
@@ -115,6 +127,8 @@ class Projected:
     compute_s: float  # per step, mean over ranks
     comm_s: float
     exposed_comm_s: float
+    critical_rank: int = -1  # the slowest rank: its timeline is the critical path
+    critical_exposed_s: float = math.nan  # its time blocked on communication, whole loop
 
 
 class ProjectionError(RuntimeError):
@@ -242,11 +256,12 @@ def simulate(
 
     n_steps = len(traces[0].steps)
     latency = max(s["T"] for s in state.values())
+    critical = max(state, key=lambda r: state[r]["T"])
     # comm_s as measured runs define it: time at least one op is in flight (a union, not a sum)
     comm = float(np.mean([_inflight_s(s["inflight"], s["T"]) for s in state.values()])) / n_steps
     exposed = float(np.mean([s["exposed"] for s in state.values()])) / n_steps
     step = float(np.mean([s["T"] for s in state.values()])) / n_steps
-    return Projected(latency, step - exposed, comm, exposed)
+    return Projected(latency, step - exposed, comm, exposed, critical, state[critical]["exposed"])
 
 
 def _inflight_s(intervals: list[tuple[float, float]], end: float) -> float:
@@ -333,9 +348,32 @@ def simulate_shared(
     return p, share
 
 
-def compute_scale(source: Profile, target: Profile, dtype: str) -> float:
-    """Factor applied to measured compute time: source throughput / target throughput."""
-    return source.device.throughput(dtype) / target.device.throughput(dtype)
+def _repeats(steps: np.ndarray) -> list[int]:
+    """Timed loops of a trace (warm-up loops, negative, only when nothing else is there)."""
+    reps = sorted(set(steps["repeat"].tolist()))
+    return [r for r in reps if r >= 0] or reps
+
+
+def _median(results: list[tuple[Projected, tuple | None]]) -> tuple[Projected, tuple | None]:
+    if not results:
+        return Projected(math.nan, math.nan, math.nan, math.nan), None
+    results = sorted(results, key=lambda r: r[0].latency_s)
+    return results[len(results) // 2]
+
+
+def _run_loop(traces, degrees, target: Profile, scale: float, threads_per_rank: int) -> Projected:
+    cost = lambda op, n, m: op_time(target, op, n, m)  # noqa: E731
+    if target.cpu_cores:
+        return simulate_shared(traces, degrees, cost, scale, target.cpu_cores, threads_per_rank)[0]
+    return simulate(traces, degrees, cost, scale)
+
+
+def _scaled_bytes(events: np.ndarray, byte_scale: float) -> np.ndarray:
+    if byte_scale == 1.0:
+        return events
+    events = events.copy()
+    events["nbytes"] = np.rint(events["nbytes"] * byte_scale).astype(events["nbytes"].dtype)
+    return events
 
 
 def project_run(
@@ -346,49 +384,277 @@ def project_run(
     dtype: str,
     extra_scale: float = 1.0,
     threads_per_rank: int = 1,
+    compute_ratio: float | None = None,
+    byte_scale: float = 1.0,
 ) -> Projected:
-    """Project a stored run (per rank: its steps and events arrays) onto `target`.
+    """Project a measured run (per rank: its steps and events arrays) onto `target`.
 
-    Each timed loop is simulated and the median-latency one is returned. `extra_scale`
-    multiplies compute (e.g. 1 / the core sharing a real run was measured under); on a target
-    with `cpu_cores` the ranks share its cores (`simulate_shared`).
+    Every measured compute interval is multiplied by `compute_ratio` (target / source time of
+    the same work; default: the ratio of the profiles' large-GEMM throughput in `dtype`) and by
+    `extra_scale` (e.g. 1 / the core sharing a real run was measured under, or an anchor);
+    collective payloads by `byte_scale` (a dtype change). Each timed loop is simulated and the
+    median-latency one is returned; on a target with `cpu_cores` the ranks share its cores.
     """
     world = len(traces_by_rank)
     if world > target.world_size:
         raise ValueError(
             f"run needs {world} devices; profile {target.name} has {target.world_size}"
         )
-    scale = compute_scale(source, target, dtype) * extra_scale
-    repeats = sorted(set(traces_by_rank[0][0]["repeat"].tolist()))
+    if compute_ratio is None:
+        key = opmodel.dtype_key(dtype)
+        compute_ratio = opmodel.matmul_rate(source, key, 1e15) / opmodel.matmul_rate(
+            target, key, 1e15
+        )
     results = []
-    for rep in repeats:
+    for rep in _repeats(traces_by_rank[0][0]):
         traces = [
-            RankTrace(r, steps[steps["repeat"] == rep], events[events["repeat"] == rep])
+            RankTrace(
+                r,
+                steps[steps["repeat"] == rep],
+                _scaled_bytes(events[events["repeat"] == rep], byte_scale),
+            )
             for r, (steps, events) in sorted(traces_by_rank.items())
         ]
-        cost = lambda op, n, m: op_time(target, op, n, m)  # noqa: E731
-        if target.cpu_cores:
-            p, _ = simulate_shared(traces, degrees, cost, scale, target.cpu_cores, threads_per_rank)
+        scale = compute_ratio * extra_scale
+        results.append((_run_loop(traces, degrees, target, scale, threads_per_rank), None))
+    return _median(results)[0]
+
+
+def project_analytic(
+    trace,
+    world_size: int,
+    degrees: dict[str, int],
+    target: Profile,
+    dtype: str | None = None,
+    compute_scale: float = 1.0,
+    byte_scale: float = 1.0,
+    threads_per_rank: int = 1,
+) -> tuple[Projected, tuple[float, float, float]]:
+    """Project an analytic trace (`suite.optrace`: boundary-clock events and steps, per-rank
+    segments, the signatures' `ops`) with the operator model alone: every signature priced on
+    `target` (its float ops in `dtype` when given), the ranks re-timed and simulated together
+    with compute_scale 1 (times `compute_scale`, an anchor).
+
+    Returns the median loop's projection and its critical rank's compute split in seconds:
+    (compute-bound, memory-bound, launch).
+    """
+    priced = opmodel.price(target, trace["ops"], dtype)
+    durations = priced.time_s * compute_scale
+    timed = {}
+    for r in range(world_size):
+        steps, segments = trace[f"steps_rank{r}"], trace[f"segments_rank{r}"]
+        events, steps_s = retime(trace[f"events_rank{r}"], steps, segments, durations)
+        timed[r] = (steps, steps_s, _scaled_bytes(events, byte_scale), segments)
+    results = []
+    for rep in _repeats(timed[0][0]):
+        traces = []
+        for r, (steps, steps_s, events, _) in timed.items():
+            traces.append(
+                RankTrace(r, steps_s[steps["repeat"] == rep], events[events["repeat"] == rep])
+            )
+        p = _run_loop(traces, degrees, target, 1.0, threads_per_rank)
+        steps, _, _, segments = timed[p.critical_rank]
+        loop = steps[steps["repeat"] == rep]
+        first, last = int(loop["t_start"].min()), int(loop["t_end"].max())
+        seg = np.asarray(segments[first:last], dtype=np.int64)
+        seg = seg[seg != EMPTY]
+        split = tuple(
+            float(a[seg].sum())
+            for a in (priced.compute_bound_s, priced.memory_bound_s, priced.launch_s)
+        )
+        results.append((p, split))
+    return _median(results)
+
+
+def shares(p: Projected, split: tuple[float, float, float] | None) -> dict[str, float]:
+    """What bounds a projection: percent of the critical path (the slowest rank's timeline)
+    compute-bound, memory-bound, in per-call launch overhead, and blocked on communication
+    (`link_pct`). The compute split is unknown (NaN) without an operator trace."""
+    total = p.latency_s
+    link = 100 * p.critical_exposed_s / total if total > 0 else math.nan
+    out = {"link_pct": link}
+    rest = 100 - link
+    parts = sum(split) if split else 0.0
+    for name, x in zip(("compute_bound_pct", "memory_bound_pct", "launch_pct"),
+                       split or (math.nan,) * 3, strict=True):  # fmt: skip
+        out[name] = rest * x / parts if parts > 0 else math.nan
+    return out
+
+
+class ProjectionInputError(ValueError):
+    """The store cannot be projected as asked (an anchor it does not hold, a dtype a profile
+    cannot run): a sentence for the user, never a traceback."""
+
+
+# Fields that make two runs the same workload on one device (anchoring, analytic twins).
+WORKLOAD_KEY = ["workload", "height", "width", "steps", "batch", "scheduler", "guidance"]
+# ... and the same run in another world mode (an analytic trace of a measured run).
+TWIN_KEY = [*WORKLOAD_KEY, "dtype", "strategy", "degrees", "options", "world_size"]
+_MODE_ORDER = {"analytic": 0, "fake": 1, "real": 2}  # what a baseline is best taken from
+
+
+def _is_analytic(run, trace) -> bool:
+    return run.world_mode == "analytic" and "ops" in trace.files
+
+
+class _Store:
+    """The ok runs of a store, their traces (loaded once) and their analytic twins."""
+
+    def __init__(self, store, source: Profile):
+        runs = store.table("runs")
+        self.root, self.source = store.root, source
+        self.runs = runs[runs["status"] == "ok"].reset_index(drop=True)
+        self._traces: dict[str, object] = {}
+
+    def trace(self, run):
+        if run.run_id not in self._traces:
+            self._traces[run.run_id] = np.load(self.root / run.output_dir / "trace.npz")
+        return self._traces[run.run_id]
+
+    def twin(self, run):
+        """An analytic run of the same configuration, or None."""
+        same = self.runs[self.runs["world_mode"] == "analytic"]
+        for k in TWIN_KEY:
+            if k in same:
+                same = same[same[k].astype(str) == str(getattr(run, k))]
+        for t in same.itertuples():
+            if _is_analytic(t, self.trace(t)):
+                return t
+        return None
+
+    def anchor_baseline(self, anchor: float | str) -> tuple[object, float, str]:
+        """(the single-device run the anchor is matched on, the anchor latency, its label)."""
+        runs = self.runs
+        if isinstance(anchor, str):
+            hit = runs[runs["run_id"] == anchor]
+            if hit.empty:
+                raise ProjectionInputError(
+                    f"--anchor {anchor}: no ok run with that id in the store; give a run_id of "
+                    "a single-device run (diffscale export lists them) or a latency in seconds"
+                )
+            ref = next(hit.itertuples())
+            if int(ref.world_size) != 1:
+                raise ProjectionInputError(
+                    f"--anchor {anchor}: run has world_size {ref.world_size}; an anchor is a "
+                    "single-device (world_size 1) run"
+                )
+            latency = float(ref.latency_s)
+            if not latency > 0:  # an analytic run has no measured latency
+                raise ProjectionInputError(
+                    f"--anchor {anchor}: run has no measured latency ({ref.world_mode} world); "
+                    "anchor to a real single-device run or give a latency in seconds"
+                )
+            label = f"run {anchor} ({latency:.4g} s)"
+            same = runs[runs["world_size"] == 1]
+            for k in WORKLOAD_KEY:
+                same = same[same[k].astype(str) == str(getattr(ref, k))]
         else:
-            p = simulate(traces, degrees, cost, scale)
-        results.append(p)
-    results.sort(key=lambda p: p.latency_s)
-    return (
-        results[len(results) // 2] if results else Projected(math.nan, math.nan, math.nan, math.nan)
-    )
+            latency, label = float(anchor), f"{float(anchor):.4g} s"
+            same = runs[runs["world_size"] == 1]
+            groups = same.groupby(WORKLOAD_KEY, dropna=False).size()
+            if len(groups) > 1:
+                names = "; ".join(" ".join(map(str, g)) for g in groups.index[:5])
+                raise ProjectionInputError(
+                    f"--anchor {anchor}: the store holds single-device runs of {len(groups)} "
+                    f"workloads ({names}); anchor with the run id of one instead"
+                )
+        if same.empty:
+            raise ProjectionInputError(
+                f"--anchor {anchor}: the store holds no ok single-device (world_size 1) run to "
+                "anchor; add strategy none at world size 1 to the experiment"
+            )
+        same = same.assign(_order=same["world_mode"].map(_MODE_ORDER).fillna(3))
+        base = next(same.sort_values("_order", kind="stable").itertuples())
+        return base, latency, label
+
+
+def _dtype_or_fail(profile: Profile, key: str, why: str) -> None:
+    try:
+        opmodel.check_dtype(profile, key)
+    except ValueError as e:
+        raise ProjectionInputError(f"{why}: {e}") from None
+
+
+def _project(ctx: _Store, run, target: Profile, dtype: str | None, scale: float) -> dict:
+    """One run on one target: the projection row (without its anchor columns)."""
+    trace = ctx.trace(run)
+    world, degrees = int(run.world_size), json.loads(run.degrees)
+    run_key = opmodel.dtype_key(run.dtype)
+    key = dtype or run_key
+    _dtype_or_fail(target, key, f"run {run.run_id} in {key}")
+    byte_scale = opmodel.ELEMENT_BYTES[key] / opmodel.ELEMENT_BYTES[run_key]
+    try:
+        threads = int(run.threads_per_rank)
+    except (TypeError, ValueError):  # stored before the column existed
+        threads = 1
+    if _is_analytic(run, trace):
+        p, split = project_analytic(
+            trace, world, degrees, target, dtype, scale, byte_scale, threads
+        )
+        model = "operator model (analytic trace)"
+    else:
+        src = ctx.source
+        _dtype_or_fail(src, run_key, f"run {run.run_id} ran in {run.dtype} on source")
+        twin, split = ctx.twin(run), None
+        if twin is not None:
+            tw = ctx.trace(twin)
+            segs = [tw[f"segments_rank{r}"] for r in range(int(twin.world_size))]
+            on_target = opmodel.price(target, tw["ops"], key)
+            ratio = opmodel.workload_s(on_target.time_s, segs) / opmodel.workload_s(
+                opmodel.price(src, tw["ops"], run_key).time_s, segs
+            )
+            model = f"operator-model ratio {ratio:.4g} (analytic run {twin.run_id})"
+        else:
+            try:
+                m, n, k = opmodel.representative_gemm(
+                    run.workload, run.height, run.width, run.batch, run.guidance, world
+                )
+                flops, at = 2.0 * m * n * k, f"{2.0 * m * n * k / 1e9:.3g} GFLOP per GEMM"
+            except ValueError:  # a workload this checkout does not know
+                flops, at = 1e15, "the curves' largest size"
+            ratio = opmodel.matmul_rate(src, run_key, flops) / opmodel.matmul_rate(
+                target, key, flops
+            )
+            model = f"matmul-curve ratio {ratio:.4g} at {at} (no analytic trace of this run)"
+        by_rank = {r: (trace[f"steps_rank{r}"], trace[f"events_rank{r}"]) for r in range(world)}
+        # compute measured under core sharing (a real CPU world) is first brought back to
+        # unshared speed; a fake world ran its ranks one at a time, unshared
+        measured = (
+            measured_sharing(by_rank, degrees, src, threads) if run.world_mode == "real" else 1.0
+        )
+        p = project_run(
+            by_rank, degrees, src, target, key, scale / measured, threads, ratio, byte_scale
+        )
+        if twin is not None:  # the twin's split of the same rank's work on the target
+            seg = np.asarray(tw[f"segments_rank{p.critical_rank}"], dtype=np.int64)
+            seg = seg[seg != EMPTY]
+            split = tuple(
+                float(a[seg].sum())
+                for a in (on_target.compute_bound_s, on_target.memory_bound_s, on_target.launch_s)
+            )
+    return {"run_id": run.run_id, "hardware": target.name, "latency_s": p.latency_s,
+            "compute_s": p.compute_s, "comm_s": p.comm_s, "exposed_comm_s": p.exposed_comm_s,
+            "projected_dtype": key, "compute_model": model, **shares(p, split)}  # fmt: skip
 
 
 def project_store(
-    db_path, hardware: list[str], source: str, dtype: str | None = None
+    db_path,
+    hardware: list[str],
+    source: str,
+    dtype: str | None = None,
+    anchor: float | str | None = None,
 ) -> list[dict]:
     """Project every ok run of a results store onto each profile in `hardware`.
 
-    `source` is the calibrated profile of the machine the runs were measured on; `dtype`
-    overrides the runs' dtype on the target (e.g. bf16 for fp32 CPU traces). Rows go to the
-    `projection` table (replacing earlier projections of the same run and profile) and are
-    returned; runs a profile cannot hold are skipped with a note.
+    `source` is the calibrated profile of the machine measured runs were taken on (analytic runs
+    need none); `dtype` sets the dtype on the target (e.g. bf16 for fp32 CPU traces: compute
+    priced in bf16, collective payloads halved). `anchor` (one target only): a latency in
+    seconds, or the run_id of a stored single-device run measured on the target; the target's
+    compute time is scaled by one factor so that the store's single-device run of that workload
+    projects to exactly that latency. Rows go to the `projection` table (replacing earlier
+    projections of the same run and profile) and are returned; runs a profile cannot hold are
+    skipped. ProjectionInputError for what the user must change.
     """
-    import json
     from pathlib import Path
 
     from analysis.hardware import load_profile
@@ -396,37 +662,29 @@ def project_store(
 
     src = load_profile(source)
     targets = [load_profile(h) for h in hardware]
+    key = opmodel.dtype_key(dtype) if dtype else None
+    if key:
+        for t in targets:
+            _dtype_or_fail(t, key, f"--dtype {dtype}")
+    if anchor is not None and len(targets) != 1:
+        raise ProjectionInputError(
+            f"--anchor {anchor}: anchors one profile's compute; give one --hardware profile "
+            f"(got {len(targets)}: {', '.join(t.name for t in targets)})"
+        )
     rows = []
     with ResultStore(Path(db_path)) as store:
-        runs = store.table("runs")
-        for run in runs[runs["status"] == "ok"].itertuples():
-            trace = np.load(store.root / run.output_dir / "trace.npz")
-            by_rank = {
-                r: (trace[f"steps_rank{r}"], trace[f"events_rank{r}"])
-                for r in range(int(run.world_size))
-            }
-            degrees = json.loads(run.degrees)
-            # compute measured under core sharing (a real CPU world) is first brought back to
-            # unshared speed; a fake world ran its ranks one at a time, unshared
-            measured = (
-                measured_sharing(by_rank, degrees, src, int(run.threads_per_rank))
-                if run.world_mode == "real"
-                else 1.0
-            )
+        ctx = _Store(store, src)
+        scale, anchored_to = 1.0, None
+        if anchor is not None:
+            base, latency, label = ctx.anchor_baseline(anchor)
+            free = _project(ctx, base, targets[0], key, 1.0)["latency_s"]
+            scale, anchored_to = latency / free, label
+        for run in ctx.runs.itertuples():
             for target in targets:
                 if run.world_size > target.world_size:
                     continue
-                p = project_run(
-                    by_rank,
-                    degrees,
-                    src,
-                    target,
-                    dtype or run.dtype,
-                    extra_scale=1.0 / measured,
-                    threads_per_rank=int(run.threads_per_rank),
-                )
-                row = {"run_id": run.run_id, "hardware": target.name, "latency_s": p.latency_s,
-                       "compute_s": p.compute_s, "comm_s": p.comm_s, "exposed_comm_s": p.exposed_comm_s}  # fmt: skip
+                row = _project(ctx, run, target, key, scale)
+                row.update(anchored_to=anchored_to, anchor_scale=scale)
                 store.save_rows(
                     "projection",
                     [row],

@@ -1,6 +1,8 @@
-"""The PROJECTED page: scaling curves per interconnect, and projected-vs-measured validation.
+"""The PROJECTED page: scaling curves per interconnect, what bounds each projection, and
+projected-vs-measured validation.
 
-Kept apart from the measured report (analysis/report.py) so the two never share a table.
+Kept apart from the measured report (analysis/report.py) so the two never share a table. Every
+number is labelled PROJECTED with its profile, the dtype it was priced in and its anchor, if any.
 """
 
 from __future__ import annotations
@@ -27,9 +29,17 @@ def projections(db_path: str | Path) -> pd.DataFrame:
     out["degrees"] = out["degrees"].map(
         lambda d: " ".join(f"{k}={v}" for k, v in json.loads(d).items()) or "-"
     )
+    out["label"] = [_label(r) for r in out.itertuples()]
     return out.rename(
         columns={"latency_s": "projected_latency_s", "latency_s_measured": "measured_latency_s"}
     )
+
+
+def _label(row) -> str:
+    """'<profile>, <dtype>[, anchored]': how every projected number is named on the page."""
+    dtype = row.projected_dtype if isinstance(row.projected_dtype, str) else row.dtype
+    anchored = ", anchored" if isinstance(row.anchored_to, str) and row.anchored_to else ""
+    return f"{row.hardware}, {dtype}{anchored}"
 
 
 def validation(db_path: str | Path, source: str) -> pd.DataFrame:
@@ -37,6 +47,11 @@ def validation(db_path: str | Path, source: str) -> pd.DataFrame:
     with open_store(db_path) as store:  # read-only
         runs, proj = store.table("runs"), store.table("projection")
     proj = proj[proj["hardware"] == source]
+    # the method's check: unanchored projections in the run's own dtype
+    same_dtype = proj["projected_dtype"].isna() | proj["run_id"].map(
+        runs.set_index("run_id")["dtype"].map(_short)
+    ).eq(proj["projected_dtype"])
+    proj = proj[same_dtype & (proj["anchored_to"].isna() | proj["anchored_to"].eq(""))]
     fake = runs[(runs["world_mode"] == "fake") & (runs["status"] == "ok")].merge(
         proj, on="run_id", suffixes=("_fake", "")
     )
@@ -51,16 +66,22 @@ def validation(db_path: str | Path, source: str) -> pd.DataFrame:
     return out.sort_values(["workload", "world_size", "strategy"]).reset_index(drop=True)
 
 
+def _short(dtype) -> str:
+    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(dtype, dtype)
+
+
 def plot_scaling(df: pd.DataFrame, path: Path) -> Path:
     """Projected latency vs world size: a panel per workload x strategy, a line per hardware
     profile (the single-device run at world 1 starts every line), log-log axes so that CPU and
-    GPU profiles share a panel."""
+    GPU profiles share a panel. Lines are named by `label` (profile, dtype, anchored) if given."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    hardware = sorted(df["hardware"].unique())
+    if "label" not in df:
+        df = df.assign(label=df["hardware"])
+    hardware = sorted(df["label"].unique())
     colors = {hw: f"C{i % 10}" for i, hw in enumerate(hardware)}
     panels = [
         (wl, st)
@@ -73,7 +94,7 @@ def plot_scaling(df: pd.DataFrame, path: Path) -> Path:
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.9 * nrows + 0.9), squeeze=False)
     for ax, (wl, st) in zip(axes.flat, panels, strict=False):
         sub = df[(df["workload"] == wl) & df["strategy"].isin([st, "none"])]
-        for hw, g in sub.groupby("hardware"):
+        for hw, g in sub.groupby("label"):
             runs = g[g["strategy"] == st]
             base = g[(g["strategy"] == "none") & (g["world_size"] == 1)]
             if "batch" in g:  # the baseline of the same batch (data parallelism runs more images)
@@ -103,6 +124,8 @@ def _table(df: pd.DataFrame) -> str:
     from analysis.render import markdown_table
 
     def cell(v) -> str:
+        if v is None or (isinstance(v, float) and v != v):
+            return "–"  # empty: e.g. no compute split without an operator trace
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     numeric = {i for i, c in enumerate(df.columns) if pd.api.types.is_numeric_dtype(df[c])}
@@ -117,22 +140,47 @@ def write_projection_report(db_path: str | Path, out_dir: str | Path, source: st
     out_dir.mkdir(parents=True, exist_ok=True)
     df = projections(db_path)
     plot = plot_scaling(df, out_dir / "projection.png")
+    anchors = sorted({f"`{r.hardware}` to {r.anchored_to} (compute x {r.anchor_scale:.4g})"
+                      for r in df.itertuples() if isinstance(r.anchored_to, str) and r.anchored_to})  # fmt: skip
     lines = [
         "# Projected results (NOT measured)",
         "",
-        "Every latency on this page is PROJECTED: the runs' measured per-rank ledger traces are "
-        f"re-timed on each hardware profile (compute scaled from the source profile `{source}`, "
-        "collectives by alpha-beta on the link each group crosses). Profiles and their sources: "
-        "configs/hardware/.",
+        "Every latency on this page is PROJECTED, named by its profile, the dtype it was priced "
+        "in and whether it is anchored. Collectives: alpha-beta on the link each group crosses. "
+        "Compute: the operator model (every operator's roofline time, FLOPs at the device's "
+        "achieved throughput for its class, dtype and size or bytes at its achieved bandwidth, "
+        "plus per-call launch overhead); analytic runs are priced operator by operator, measured "
+        f"runs (real, fake) have their compute scaled from the source profile `{source}` (column "
+        "`compute_model` says by which ratio). Profiles, curves and their sources: "
+        "configs/hardware/ and configs/hardware/opcurves/.",
+        "",
+        "Anchored: " + "; ".join(anchors) + ". An anchored profile's compute is scaled so that "
+        "the single-device run reproduces the anchor exactly; its other rows inherit the factor."
+        if anchors
+        else "Unanchored: compute efficiencies come from the profiles' curves alone.",
         "",
         f"![projected scaling]({plot.name})",
         "",
-        "## Projections",
+        "## Projections (PROJECTED)",
         "",
     ]
-    table = df[["workload", "strategy", "degrees", "world_size", "world_mode", "hardware",
+    table = df[["workload", "strategy", "degrees", "world_size", "world_mode", "label",
                 "projected_latency_s", "compute_s", "comm_s", "exposed_comm_s"]]  # fmt: skip
-    lines += [_table(table), ""]
+    lines += [_table(table.rename(columns={"label": "projected on (profile, dtype)"})), ""]
+    bounds = df[["workload", "strategy", "degrees", "world_size", "label", "compute_bound_pct",
+                 "memory_bound_pct", "launch_pct", "link_pct", "compute_model"]]  # fmt: skip
+    lines += [
+        "## What bounds each projection (PROJECTED)",
+        "",
+        "Shares of the critical path (the slowest rank's timeline, %): in compute-bound operators, "
+        "in memory-bound operators, in launch overhead not hidden behind kernels, and blocked on "
+        "communication (`link_pct`: exposed collectives, waits on slower peers included). A "
+        "faster link can win at most `link_pct`; faster compute or memory the other shares. The "
+        "compute split needs an operator trace: empty for measured runs without an analytic twin.",
+        "",
+        _table(bounds.rename(columns={"label": "projected on (profile, dtype)"})),
+        "",
+    ]
     val = validation(db_path, source)
     if len(val):
         med = float(np.median(np.abs(val["error_pct"])))

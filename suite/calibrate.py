@@ -6,7 +6,10 @@ measured is the path strategies use. Each (op, group size) gets alpha and beta f
 t = alpha + beta * bytes, minimizing relative error so that small messages (alpha) count as much
 as large ones (beta). Compute is measured on one rank with `threads` intra-op threads: a GEMM,
 an attention kernel, and a denoiser step of a benchmark preset (FLOPs counted on the meta
-device); the profile's throughput is the model step's, the most representative of a run.
+device); the profile's throughput is the model step's, the most representative of a run. The
+same rank measures the operator efficiency curves of the device (suite.calibrate_ops: GEMM,
+conv, attention, norm, elementwise, copy and launch overhead per dtype, over ladders of sizes)
+that analysis.opmodel prices operators with; they go to the profile's `opcurves`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from suite.comm import Comm, Ledger
 from suite.mesh import ParallelDims
@@ -101,15 +105,21 @@ class ComputeRates:
     attention_tflops: float
     model_step_tflops: float
     model: str
+    opcurves: dict | None = None  # suite.calibrate_ops.measure_op_curves
 
 
-def measure_compute(ctx, threads: int, preset: str = "small-pixart-alpha") -> ComputeRates:
-    """Achieved fp32 TFLOP/s of a GEMM, an attention kernel and a denoiser step (one rank)."""
+def measure_compute(
+    ctx, threads: int, preset: str = "small-pixart-alpha", device: str = "cpu"
+) -> ComputeRates:
+    """Achieved fp32 TFLOP/s of a GEMM, an attention kernel and a denoiser step (one rank, on
+    the CPU), and the operator curves of `device` (cpu, or cuda: the GPU's curves)."""
     import torch.nn.functional as F
 
     import workloads
+    from suite.calibrate_ops import measure_op_curves
 
     torch.set_num_threads(threads)
+    curves = measure_op_curves(torch.device(device))
 
     def rate(fn, flops: float) -> float:
         fn()
@@ -129,7 +139,7 @@ def measure_compute(ctx, threads: int, preset: str = "small-pixart-alpha") -> Co
         x, cond, t = wl.inputs.latents, wl.inputs.cond, torch.tensor(500.0)
         flops = workloads.model_stats(preset, 256, 256).flops_per_forward
         step = rate(lambda: wl.denoiser(x, t, cond), flops)
-    return ComputeRates(gemm, attn, step, preset)
+    return ComputeRates(gemm, attn, step, preset, curves)
 
 
 def write_profile(
@@ -141,8 +151,6 @@ def write_profile(
     device: str,
 ) -> dict:
     """Fit every (op, group size) and write the calibrated profile YAML; returns its content."""
-    import yaml
-
     slowest: dict[tuple, float] = {}
     for r in rows:  # an op takes as long as its slowest rank
         key = (r["op"], r["group_size"], r["nbytes"])
@@ -156,6 +164,13 @@ def write_profile(
         for key in ("send", "recv") if op == "send" else (op,):
             collectives.setdefault(key, {})[p] = {"alpha_s": alpha, "beta_s_per_byte": beta}
     ag = collectives["all_gather"][max(collectives["all_gather"])]
+    curves = compute.opcurves
+    on_gpu = bool(curves) and curves.get("measured", {}).get("device") == "cuda"
+    achieved = {  # the largest GEMM rate per dtype the curves reached (fp32: see below)
+        f"{k}_tflops": max(p["tflops"] for p in pts)
+        for k, pts in ((curves or {}).get("matmul") or {}).items()
+        if pts and (on_gpu or k != "fp32")
+    }
     profile = {
         "name": name,
         "description": f"calibrated by diffscale on {socket.gethostname()} ({device}), "
@@ -166,8 +181,10 @@ def write_profile(
         "device": {
             "name": device,
             "achieved": True,
-            # the throughput a denoiser step achieved: what projection scales compute by
+            # CPU: the throughput a denoiser step achieved (the vector rate of the operator
+            # model, and the peak of profiles without curves); GPU: the curves' best GEMMs
             "fp32_tflops": compute.model_step_tflops,
+            **achieved,
         },
         "gpus_per_node": max(p for ops in collectives.values() for p in ops),
         "nodes": 1,
@@ -181,6 +198,7 @@ def write_profile(
         },
         "inter_node_link": None,
         "collectives": collectives,
+        **({"opcurves": curves} if curves else {}),
         "measurements": {
             "gemm_fp32_tflops": compute.gemm_tflops,
             "attention_fp32_tflops": compute.attention_tflops,
@@ -238,20 +256,81 @@ def calibrate(
     out_dir: Path = Path("configs/hardware"),
     plot_dir: Path = Path("reports/calibration"),
     preset: str = "small-pixart-alpha",
+    device: str = "cpu",
+    keep_collectives: bool = False,
 ) -> tuple[Path, Path, dict]:
-    """Run the measurements in local worlds; write the profile and its plot."""
+    """Run the measurements in local worlds; write the profile and its plots (collective fits,
+    and the operator curves beside them as NAME-ops.png). `device` cuda: the operator curves
+    (and the device's name) are the GPU's; collectives stay gloo's. `keep_collectives`: reuse
+    the collective measurements of the existing profile NAME (refitted identically) and measure
+    only compute and operator curves."""
     from suite.launch import LocalWorld
     from suite.runner import device_name
 
     rows: list[dict] = []
+    if keep_collectives:
+        rows = kept_collectives(out_dir / f"{name}.yaml")
+        world_sizes = ()
     for n in world_sizes:
         with LocalWorld(n, threads_per_rank=threads) as world:
             for per_rank in world.call(measure_collectives, sizes, timeout_s=3600):
                 rows.extend(per_rank)
     with LocalWorld(1, threads_per_rank=threads) as world:
-        compute = world.call(measure_compute, threads, preset, timeout_s=600)[0]
+        compute = world.call(measure_compute, threads, preset, device, timeout_s=900)[0]
     profile_path = out_dir / f"{name}.yaml"
-    profile = write_profile(
-        profile_path, name, rows, compute, threads, device_name(torch.device("cpu"))
-    )
+    dev = torch.device(device)
+    kept = yaml.safe_load(profile_path.read_text()) if keep_collectives else None
+    profile = write_profile(profile_path, name, rows, compute, threads, device_name(dev))
+    if kept:  # the fits as they were, bit for bit (a refit can differ in the last digit)
+        profile.update({k: kept[k] for k in ("collectives", "intra_node_link", "gpus_per_node")})
+        profile_path.write_text(yaml.safe_dump(profile, sort_keys=False))
+    plot_op_curves(profile, plot_dir / f"{name}-ops.png")
     return profile_path, plot_fits(profile, plot_dir / f"{name}.png"), profile
+
+
+def kept_collectives(path: Path) -> list[dict]:
+    """The raw collective rows of an existing calibrated profile (each op's slowest-rank time),
+    as `measure_collectives` rows; ValueError if it has none."""
+    raw = ((yaml.safe_load(path.read_text()) or {}).get("measurements") or {}).get("raw") or []
+    if not raw:
+        raise ValueError(f"{path} holds no collective measurements to keep")
+    return [{**r, "rank": 0} for r in raw]
+
+
+def plot_op_curves(profile: dict, path: Path) -> Path | None:
+    """Measured operator curves: TFLOP/s by size per compute class and dtype, GB/s by bytes."""
+    curves = profile.get("opcurves")
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for ax, cls in zip(axes[:3], ("matmul", "conv", "attention"), strict=True):
+        for dtype, pts in (curves.get(cls) or {}).items():
+            series = pts.items() if cls == "attention" else [("", pts)]
+            for d, p in series:
+                x = [q["s_kv" if cls == "attention" else "flops"] for q in p]
+                ax.semilogx(x, [q["tflops"] * 1e3 for q in p], "o-", label=f"{dtype} {d}".strip())
+        ax.set_title(cls)
+        ax.set_xlabel("sequence length" if cls == "attention" else "FLOPs per call")
+        ax.set_ylabel("GFLOP/s")
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+    for cls in ("norm", "elementwise", "memory"):
+        p = curves.get(cls) or []
+        axes[3].loglog([q["bytes"] for q in p], [q["gb_s"] for q in p], "o-", label=cls)
+    axes[3].set_title("memory-bound ops (fp32)")
+    axes[3].set_xlabel("bytes read + written per call")
+    axes[3].set_ylabel("GB/s")
+    axes[3].legend(fontsize=7)
+    axes[3].grid(True, which="both", alpha=0.3)
+    launch = curves.get("launch", {}).get("us", 0.0)
+    fig.suptitle(f"{profile['name']}: operator curves, launch {launch:.2f} us/call (MEASURED)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

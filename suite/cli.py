@@ -204,6 +204,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     problems, world_sizes = calibrate_problems(args)
     if problems:
         return _errors(problems)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return _errors(
+            ["--device cuda: torch sees no CUDA device on this machine; use --device cpu"]
+        )
     from suite.calibrate import calibrate, size_ladder
     from suite.settings import expand_path
 
@@ -214,6 +220,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         name=args.name,
         out_dir=expand_path(args.out),
         preset=args.preset,
+        device=args.device,
+        keep_collectives=args.keep_collectives,
     )
     m = profile["measurements"]
     print(f"profile: {profile_path}\nplot:    {plot}")
@@ -228,13 +236,28 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             print(
                 f"  {op:15s} {p} ranks: alpha {fit['alpha_s'] * 1e6:8.1f} us  1/beta {bw:6.2f} GB/s"
             )
+    curves = profile.get("opcurves") or {}
+    if curves:
+        print(f"operator curves ({curves['measured']['device']}, "
+              f"{curves['measured']['wall_s']:.0f} s): launch {curves['launch']['us']:.2f} us/call")  # fmt: skip
+        for cls in ("matmul", "conv"):
+            for dtype, pts in curves.get(cls, {}).items():
+                rates = ", ".join(f"{p['tflops'] * 1e3:.3g}" for p in pts)
+                print(f"  {cls:11s} {dtype}: GFLOP/s {rates} (by size)")
+        for dtype, by_dim in curves.get("attention", {}).items():
+            for d, pts in by_dim.items():
+                rates = ", ".join(f"{p['s_kv']}: {p['tflops'] * 1e3:.3g}" for p in pts)
+                print(f"  attention   {dtype} head dim {d}: GFLOP/s by S {rates}")
+        for cls in ("norm", "elementwise", "memory"):
+            rates = ", ".join(f"{p['gb_s']:.3g}" for p in curves.get(cls, []))
+            print(f"  {cls:11s} GB/s {rates} (by size)")
     return 0
 
 
 def _cmd_project(args: argparse.Namespace) -> int:
-    from analysis.projection import project_store
+    from analysis.projection import ProjectionInputError, project_store
 
-    problems, names = profile_problems(args)
+    problems, names, anchor = profile_problems(args)
     if problems:
         return _errors(problems)
     db = _db_of(args.results)
@@ -242,7 +265,10 @@ def _cmd_project(args: argparse.Namespace) -> int:
 
     ResultStore(db, read_only=True).close()  # a damaged store: StoreError before any write
     with DirectoryLock(db.parent):  # one writer: not while a sweep or fidelity writes
-        rows = project_store(db, names, args.source, args.dtype)
+        try:
+            rows = project_store(db, names, args.source, args.dtype, anchor)
+        except ProjectionInputError as e:  # an anchor the store lacks, a dtype a run cannot use
+            return _errors([str(e)])
     print(f"{len(rows)} projections (PROJECTED, not measured) -> {db} table 'projection'")
     from analysis.projection_report import write_projection_report
     from analysis.report import default_report_dir
@@ -252,8 +278,10 @@ def _cmd_project(args: argparse.Namespace) -> int:
     )
     print(f"report: {page.resolve()}")
     for r in rows:
-        print(f"  {r['run_id']}  {r['hardware']:28s} latency {r['latency_s']:.4g} s  "
-              f"exposed comm {r['exposed_comm_s']:.3g} s/step")  # fmt: skip
+        anchored = f"  anchored to {r['anchored_to']}" if r["anchored_to"] else ""
+        print(f"  {r['run_id']}  {r['hardware']:28s} {r['projected_dtype']}  latency "
+              f"{r['latency_s']:.4g} s  exposed comm {r['exposed_comm_s']:.3g} s/step  link "
+              f"{r['link_pct']:.0f}%{anchored}  [{r['compute_model']}]")  # fmt: skip
     return 0
 
 
@@ -379,8 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time all_gather, all_reduce, all_to_all, reduce_scatter and send/recv "
         "through the comm ledger's path, nccl-tests style (sizes in its convention, slowest "
         "rank), in local worlds of each --world-sizes; fit alpha and beta per op and group size; "
-        "measure fp32 GEMM, attention and a denoiser step; write configs/hardware/NAME.yaml and "
-        "reports/calibration/NAME.png (measured vs fitted).",
+        "measure fp32 GEMM, attention and a denoiser step, and the device's operator curves "
+        "(GEMM, conv, attention, norm, elementwise, copy, launch; per dtype, over sizes); write "
+        "configs/hardware/NAME.yaml, reports/calibration/NAME.png (measured vs fitted) and "
+        "NAME-ops.png (operator curves).",
     )
     cal.add_argument("--world-sizes", default="2,4", help="comma-separated (default 2,4)")
     cal.add_argument("--sizes", default="1K-256M", help="byte range, x4 steps (default 1K-256M)")
@@ -390,15 +420,29 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument(
         "--preset", default="small-pixart-alpha", help="preset timed for the model step"
     )
+    cal.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="device whose operator curves are measured (cuda: CUDA events; collectives stay gloo)",
+    )
+    cal.add_argument(
+        "--keep-collectives",
+        action="store_true",
+        help="reuse the collective measurements of the existing profile NAME (refitted as they "
+        "were); measure only compute and operator curves",
+    )
     cal.set_defaults(func=_cmd_calibrate)
 
     proj = sub.add_parser(
         "project",
         help="re-time stored runs on other hardware (projected, never measured)",
-        description="Re-time each ok run's per-rank ledger trace on each hardware profile: "
+        description="Re-time each ok run's per-rank trace on each hardware profile: "
         "collectives by alpha-beta on the link their group crosses (inner mesh axes inside a "
-        "node, outer axes may cross nodes), async ops overlapping compute until their wait, "
-        "compute scaled by device throughput relative to --source. Fills the 'projection' table.",
+        "node, outer axes may cross nodes), async ops overlapping compute until their wait; "
+        "compute by the operator model (analytic runs: every operator priced on the target; "
+        "measured runs: their compute scaled by target / --source time of the same work). "
+        "Fills the 'projection' table.",
     )
     proj.add_argument("results", help="results directory (or its results.db)")
     proj.add_argument(
@@ -409,7 +453,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="local-cpu",
         help="calibrated profile of the machine the runs were measured on",
     )
-    proj.add_argument("--dtype", help="dtype on the target (default: the run's), e.g. bf16")
+    proj.add_argument(
+        "--dtype",
+        help="dtype on the target (default: the run's): fp32, tf32, fp16, bf16; compute priced "
+        "in it, collective payloads rescaled by its element size",
+    )
+    proj.add_argument(
+        "--anchor",
+        metavar="LATENCY_S|RUN_ID",
+        help="scale the (one) --hardware profile's compute so that the store's single-device run "
+        "projects to this latency (seconds, or a stored single-device run measured there)",
+    )
     proj.add_argument(
         "--out", metavar="DIR", help="report directory (default reports/<experiment>)"
     )

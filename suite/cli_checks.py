@@ -86,14 +86,25 @@ def calibrate_problems(args: argparse.Namespace) -> tuple[list[str], tuple[int, 
         get_preset(args.preset)
     except ValueError as e:
         problems.append(f"--preset {args.preset!r}: {e}")
+    if getattr(args, "keep_collectives", False):
+        from suite.settings import expand_path
+
+        kept = expand_path(args.out) / f"{args.name}.yaml"
+        if not kept.is_file():
+            problems.append(
+                f"--keep-collectives: no profile {kept} whose collective measurements to keep; "
+                "calibrate without it first"
+            )
     return problems, tuple(sizes)
 
 
-def profile_problems(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """Every bad --hardware / --source / --dtype / --out of `project`, and the hardware names."""
+def profile_problems(args: argparse.Namespace) -> tuple[list[str], list[str], float | str | None]:
+    """Every bad --hardware / --source / --dtype / --anchor / --out of `project`; the hardware
+    names and the anchor (seconds, a run id, or None)."""
     import yaml
 
-    from analysis.hardware import DTYPE_KEYS, available_profiles, load_profile
+    from analysis.hardware import available_profiles, load_profile
+    from analysis.opmodel import check_dtype, dtype_key
 
     names = [h.strip() for h in args.hardware.split(",") if h.strip()]
     problems = []
@@ -102,10 +113,10 @@ def profile_problems(args: argparse.Namespace) -> tuple[list[str], list[str]]:
             f"--hardware {args.hardware!r}: names no profile; give comma-separated names from: "
             f"{', '.join(available_profiles())}"
         )
-    profiles = []
+    targets = []
     for flag, name in [("--hardware", h) for h in names] + [("--source", args.source)]:
         try:
-            profiles.append(load_profile(name))
+            profile = load_profile(name)
         except (ValueError, KeyError, TypeError, AttributeError, OSError, yaml.YAMLError) as e:
             why = (
                 e
@@ -113,16 +124,52 @@ def profile_problems(args: argparse.Namespace) -> tuple[list[str], list[str]]:
                 else f"not a usable profile ({type(e).__name__}: {e})"
             )
             problems.append(f"{flag} {name!r}: {why}")
-    if args.dtype is not None:
-        allowed = [*DTYPE_KEYS, *DTYPE_KEYS.values(), "tf32"]
-        if args.dtype not in allowed:
-            problems.append(f"--dtype {args.dtype!r}: allowed: {', '.join(allowed)}")
+            continue
+        if flag == "--hardware":
+            targets.append(profile)
+    if args.dtype is not None:  # the dtype on the targets; the source prices each run's own
+        try:
+            key = dtype_key(args.dtype)
+        except ValueError as e:
+            problems.append(f"--dtype {args.dtype!r}: {e}")
         else:
-            for profile in profiles:
+            for profile in targets:
                 try:
-                    profile.device.throughput(args.dtype)
+                    check_dtype(profile, key)
                 except ValueError as e:
-                    problems.append(f"--dtype {args.dtype!r}: profile {profile.name}: {e}")
+                    problems.append(f"--dtype {args.dtype!r}: {e}")
+    anchor = getattr(args, "anchor", None)
+    if anchor is not None:
+        anchor, problem = _anchor(anchor, len(names))
+        if problem:
+            problems.append(problem)
     if args.out is not None and (problem := out_dir_problem("--out", args.out)):
         problems.append(problem)
-    return problems, names
+    return problems, names, anchor
+
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+
+
+def _anchor(text: str, n_hardware: int) -> tuple[float | str | None, str | None]:
+    """(seconds or a run id, problem or None) of `--anchor TEXT`."""
+    allowed = (
+        "give a latency in seconds (> 0, e.g. 2.085) or the run_id of a stored single-device "
+        "run measured on the target"
+    )
+    value: float | str
+    try:
+        value = float(text)
+    except ValueError:
+        value = text.strip()
+        if not _RUN_ID.match(value):
+            return None, f"--anchor {text!r}: neither a number nor a run id; {allowed}"
+    else:
+        if not (value > 0 and value < float("inf")):
+            return None, f"--anchor {text!r}: not a positive finite latency; {allowed}"
+    if n_hardware != 1:
+        return None, (
+            f"--anchor {text!r}: anchors one profile's compute; give exactly one --hardware "
+            f"profile (got {n_hardware})"
+        )
+    return value, None

@@ -327,6 +327,21 @@ CASES = [
         expect=("--dtype 'fp8'", "bf16"),
     ),
     Case(
+        "project-dtype-unrunnable",
+        argv=["project", "{tmp}", "--hardware", "local-cpu", "--dtype", "tf32"],
+        expect=("--dtype 'tf32'", "cannot run tf32", "it runs: fp32"),
+    ),
+    Case(
+        "project-anchor",
+        argv=["project", "{tmp}", "--hardware", "8xH100-NVLink", "--anchor", "0"],
+        expect=("--anchor '0'", "latency in seconds"),
+    ),
+    Case(
+        "project-anchor-two-profiles",
+        argv=["project", "{tmp}", "--hardware", "8xH100-NVLink,8xL40-PCIe4", "--anchor", "2.1"],
+        expect=("--anchor '2.1'", "exactly one --hardware"),
+    ),
+    Case(
         "project-out-file",
         argv=["project", "{tmp}", "--hardware", "8xH100-NVLink", "--out", "{tmp}/file"],
         setup={"file": "x"},
@@ -349,6 +364,11 @@ CASES = [
         expect=("--sizes '0-1K'", "1 <= LOW"),
     ),
     Case("calibrate-threads", argv=["calibrate", "--threads", "0"], expect=("--threads 0",)),
+    Case(
+        "calibrate-keep-collectives",
+        argv=["calibrate", "--keep-collectives", "--name", "nothing-here", "--out", "{tmp}"],
+        expect=("--keep-collectives", "nothing-here.yaml"),
+    ),
     Case(
         "calibrate-threads-abc",
         argv=["calibrate", "--threads", "abc"],

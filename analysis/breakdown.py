@@ -210,8 +210,9 @@ def trace_events(db: str | Path | ResultStore, run_id: str) -> pd.DataFrame:
     """The ledger's raw events of one run (runs/<run_id>/trace.npz), one row per collective.
 
     Columns: rank, repeat, step, wait_step, layer, layer_type, op, axis, group_size, is_async,
-    nbytes, t_issue, t_done, t_wait_start, t_wait_end (perf_counter seconds), duration_s,
-    exposed_s. Empty when the run has no trace file.
+    nbytes, t_issue, t_done, t_wait_start, t_wait_end (perf_counter seconds; in an analytic
+    run boundary indices, suite.optrace), duration_s, exposed_s. Empty when the run has no
+    trace file.
     """
     cols = ["rank", "repeat", "step", "wait_step", "layer", "layer_type", "op", "axis"]
     cols += ["group_size", "is_async", "nbytes", "t_issue", "t_done", "t_wait_start"]
@@ -297,7 +298,10 @@ def layer_breakdown(
     if not by or set(by) - allowed:
         raise ValueError(f"layer_breakdown by={by!r}: choose from {sorted(allowed)}.")
     with _store(db) as store:
-        runs = _ok_runs(store)[RUN_KEYS]
+        ok = _ok_runs(store)
+        runs = ok[RUN_KEYS]
+        # an analytic run's trace is on a boundary clock (suite.optrace): nothing was timed
+        analytic = set(ok.loc[ok["world_mode"] == "analytic", "run_id"])
         n_steps = _timed_steps(store)
         frames = []
         for run_id in runs["run_id"]:
@@ -308,7 +312,10 @@ def layer_breakdown(
             keys = ["run_id", "rank", *by]
             sums = ev.groupby(keys, sort=True)[["calls", "nbytes", "duration_s"]].sum()
             unions = _union_per_group(ev, keys, trace_windows(store, run_id))
-            frames.append(sums.reset_index().merge(unions, on=keys, how="left"))
+            frame = sums.reset_index().merge(unions, on=keys, how="left")
+            if run_id in analytic:
+                frame[["duration_s", "inflight_s", "exposed_s"]] = np.nan
+            frames.append(frame)
     cols = [*RUN_KEYS, "rank", *by, *_COMM_SUMS]
     cols += ["overlapped_s", "overlap_pct", "bytes_pct", "algbw_gb_s"]
     if not frames:
@@ -336,7 +343,8 @@ def ideal_latency(db: str | Path | ResultStore) -> pd.DataFrame:
     """
     runs = _ok_runs(db)
     steps = read_table(db, "rank_steps")
-    per_loop = steps.groupby(["run_id", "repeat", "rank"])["compute_s"].sum()
+    # min_count: a run without timed steps (an analytic one) has no ideal, not 0 s
+    per_loop = steps.groupby(["run_id", "repeat", "rank"])["compute_s"].sum(min_count=1)
     critical = per_loop.groupby(["run_id", "repeat"]).max()
     ideal = critical.groupby("run_id").median().rename("ideal_latency_s").reset_index()
     out = runs.merge(ideal, on="run_id", how="left")

@@ -210,6 +210,16 @@ def _measured_on(runs: pd.DataFrame) -> list[Block]:
                 "communication times do not time an interconnect."
             )
         )
+    if (runs["world_mode"] == "analytic").any():
+        blocks.append(
+            Para(
+                "Runs with world_mode 'analytic' emulated each rank on the meta device and "
+                "measured nothing: their time and memory columns are empty ('-'); their "
+                "communication bytes and calls, parameter and buffer sizes are counted. Project "
+                "them onto hardware with `diffscale project` (the operator model prices their "
+                "recorded operators)."
+            )
+        )
     return blocks
 
 

@@ -34,6 +34,12 @@ is a GIL hand-off from the backend's thread to the rank's main thread, which cos
 percent of a step with one core per rank (reports/overhead_cpu/diagnosis.md), so it is off in
 timed benchmark runs. In a fake world (torch's fake process group) the callback is always used:
 ops complete at issue and the callback runs inline, at no cost, so their duration stays ~0.
+
+Analytic worlds (`Comm(..., analytic=True)`, meta tensors): every event is logged as above but
+nothing is launched; results are the right-shaped (meta) tensors `finish` makes. The ledger's
+clock is then the operator recorder's boundary clock (`Ledger(clock=...)`, suite.optrace): a
+blocking op spans two boundaries, and an async op is complete when waited (wait start = wait
+end = its done time).
 """
 
 from __future__ import annotations
@@ -116,8 +122,11 @@ class Ledger:
         capacity: int = 4096,
         enabled: bool = True,
         done_callbacks: bool = False,
+        clock: Callable[[], float] | None = None,
     ):
         self.rank = rank
+        if clock is not None:  # an analytic world's boundary clock instead of perf_counter
+            self.now = clock
         self.enabled = enabled
         # CPU: also stamp an async op's t_done from a callback on its future (a GIL hand-off
         # per op; polling alone is the default, see the module docstring)
@@ -349,6 +358,16 @@ def _completed(work) -> bool:
         return False
 
 
+class _Settled:
+    """The work handle of an analytic world's async op: nothing ran, nothing to wait for."""
+
+    def wait(self) -> None:
+        pass
+
+
+_SETTLED = _Settled()
+
+
 class Done(Pending):
     """An 'async' op that needed no communication (axis of degree 1)."""
 
@@ -379,9 +398,10 @@ class Comm:
     every op is the identity and nothing is logged: there is no communication to count.
     """
 
-    def __init__(self, mesh: ParallelMesh, ledger: Ledger):
+    def __init__(self, mesh: ParallelMesh, ledger: Ledger, *, analytic: bool = False):
         self.mesh = mesh
         self.ledger = ledger
+        self.analytic = analytic  # log every op, launch none (meta tensors have no backend)
         # torch's fake process group (fake worlds) completes every op at issue and runs a
         # future's callbacks inline, with no thread hand-off: the callback then costs nothing
         # and gives those ops their ~0 duration (its works report is_completed() False)
@@ -398,6 +418,12 @@ class Comm:
             if group is None:
                 group = self._groups[axis] = (self.mesh.size(axis), self.mesh.global_ranks(axis)[0])
             idx = ledger.open(op, axis, group[0], nbytes, layer, async_op, group[1], peer)
+        if self.analytic:
+            if async_op:  # complete when waited: not tracked, no callback
+                return Pending(_SETTLED, ledger, idx, finish)
+            if ledger is not None:
+                ledger.close_blocking(idx)
+            return finish()
         work = launch(async_op)
         if async_op:
             callback = ledger is not None and (ledger.done_callbacks or self._inline_futures)

@@ -118,7 +118,7 @@ class RunSpec:
     def label(self) -> str:
         degrees = " ".join(f"{a}={d}" for a, d in self.degrees) or "single"
         opts = " ".join(f"{k}={v}" for k, v in self.options)
-        fake = " (fake world)" if self.world_mode == "fake" else ""
+        fake = f" ({self.world_mode} world)" if self.world_mode != "real" else ""
         name = f"{self.workload} {self.height}x{self.width} {self.strategy}[{degrees}]{fake}"
         return f"{name} {opts}".strip()
 
@@ -277,6 +277,15 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
                 continue
             if (preset.name, h, w) in bad_geometry or not settings_ok:
                 continue  # reported above; checks on top of a bad value would only echo it
+            analytic = s.world_mode == "analytic"
+            if analytic and strategy.library_collectives:
+                problems.append(
+                    f"{_settings_path(entry, 'world_mode', path)}: strategy '{strategy.name}' "
+                    "communicates through the library's own collectives, which an analytic world "
+                    "cannot emulate (it launches none and logs only the ledger's); run it in a "
+                    "real or fake world"
+                )
+                continue
             scheduler = s.scheduler or preset.default_scheduler
             steps = s.steps or preset.default_steps
             try:
@@ -305,8 +314,9 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
                 degrees=tuple((a, d) for a, d in degrees.items()),
                 options=tuple(sorted(options.items())),
                 world_size=ParallelDims.from_mapping(degrees).world_size,
-                warmup_runs=s.warmup_runs,
-                repeats=s.repeats,
+                # an analytic world times nothing: one loop, no warm-up, whatever was set
+                warmup_runs=0 if analytic else s.warmup_runs,
+                repeats=1 if analytic else s.repeats,
                 threads_per_rank=s.threads_per_rank,
                 timeout_s=float(s.timeout_s),
                 weights=s.weights,
@@ -356,7 +366,7 @@ def _device_checks(runs: list[tuple[str, RunSpec]], source: str):
         device = _resolve_device(spec.device)
         if device != spec.device:
             spec = dataclasses.replace(spec, device=device)
-        if spec.world_mode == "fake":
+        if spec.world_mode in ("fake", "analytic"):
             pass  # one process emulates the ranks in turn: any world size fits
         elif device == "cuda":
             import torch

@@ -85,7 +85,13 @@ def _from_wire(result: RankResult) -> RankResult:
     return result
 
 
-def emulate(spec: RunSpec, device: torch.device, progress=None) -> list[RankResult]:
+def emulate(
+    spec: RunSpec,
+    device: torch.device | None,
+    progress=None,
+    replicate: bool = True,
+    ranks: range | None = None,
+) -> list[RankResult]:
     """A fake world: run each rank of `spec` in turn in this process.
 
     torch's fake process group lets every collective return at once with correctly shaped
@@ -93,21 +99,42 @@ def emulate(spec: RunSpec, device: torch.device, progress=None) -> list[RankResu
     the real per-rank shapes and every collective is logged with its size (and ~0 duration).
     Ranks with different roles (pipeline stages) are each emulated. The outputs are meaningless
     and are dropped, so a fake run is never scored for fidelity.
+
+    An analytic world (`spec.world_mode == "analytic"`) emulates the ranks the same way on the
+    meta device, with no compute at all (suite.analytic_run); `device` is then not used, and
+    `replicate` False emulates every step instead of replicating the steady ones.
+
+    `ranks`: the ranks to emulate here (default all; several processes may share a world).
     """
     try:
         from torch.testing._internal.distributed.fake_pg import FakeStore
     except ImportError as e:  # private torch module: name the cause if a release moves it
-        raise RuntimeError(f"world_mode fake needs torch's fake process group: {e}") from e
+        raise RuntimeError(
+            f"world_mode {spec.world_mode} needs torch's fake process group: {e}"
+        ) from e
+    recorder = None
+    if spec.world_mode == "analytic":
+        from suite.analytic import OpRecorder
+        from suite.analytic_run import META, execute_analytic
+
+        recorder, device = OpRecorder(), META  # one recorder: signatures shared by the ranks
     results = []
-    for rank in range(spec.world_size):
+    for rank in range(spec.world_size) if ranks is None else ranks:
         dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=spec.world_size)
         try:
             ctx = RankContext(rank=rank, world_size=spec.world_size, device=device)
-            result = execute(spec, ctx, progress)
+            if recorder is not None:
+                result = execute_analytic(spec, ctx, recorder, progress, replicate)
+            else:
+                result = execute(spec, ctx, progress)
             result.latents = None
             results.append(result)
         finally:
             dist.destroy_process_group()
+    if recorder is not None:
+        ops = recorder.ops()
+        for result in results:
+            result.ops = ops
     return results
 
 
@@ -125,7 +152,8 @@ def _local_worker(
 ):
     """Body of one spawned rank: join the world, then run specs until told to stop.
 
-    With `fake`, the one process emulates whole worlds (see `emulate`) and joins none.
+    With `fake`, the process emulates worlds (see `emulate`) and joins none: all their ranks, or
+    with `world_size` > 1 emulating processes (analytic worlds) every world_size-th rank.
     """
     parent_pid = os.getppid() if parent_pid is None else parent_pid
     die_with_parent(parent_pid)
@@ -164,9 +192,11 @@ def _local_worker(
         if task is None:
             break
         try:
-            progress = (lambda: results.put(("progress", 0, None))) if rank == 0 else None
+            reports = rank == 0 or fake  # emulating processes share the world's steps
+            progress = (lambda: results.put(("progress", 0, None))) if reports else None
             if isinstance(task, RunSpec) and fake:
-                emulated = [_to_wire(r) for r in emulate(task, device, progress)]
+                mine = range(rank, task.world_size, world_size)
+                emulated = [_to_wire(r) for r in emulate(task, device, progress, ranks=mine)]
                 results.put(("ok", rank, emulated))
             elif isinstance(task, RunSpec):
                 results.put(("ok", rank, _to_wire(execute(task, ctx, progress))))
@@ -196,8 +226,10 @@ class LocalWorld:
         start_timeout_s: float = 300.0,
         fake: bool = False,
     ):
-        self.fake = fake  # one process emulating whole worlds (world_mode fake)
-        self.world_size = 1 if fake else world_size
+        # fake: processes emulating worlds instead of ranks of one (world_mode fake: one;
+        # analytic: $DIFFSCALE_EMULATORS, each taking every world_size-th rank of a run)
+        self.fake = fake
+        self.world_size = world_size
         self.device = device
         self.threads_per_rank = threads_per_rank
         self.collective_timeout_s = collective_timeout_s
@@ -352,8 +384,12 @@ class LocalWorld:
     def run(self, spec: RunSpec, progress=None) -> list[RankResult]:
         """Run `spec` on every rank; the per-rank results, rank order."""
         results = self._dispatch(spec, spec.timeout_s, spec.label(), progress)
-        if self.fake:
-            results = results[0]  # the emulating process returns every rank's result
+        if self.fake:  # the emulating processes return their ranks' results
+            if spec.world_mode == "analytic" and len(results) > 1:
+                from suite.analytic import merge_tables
+
+                merge_tables(results)  # one operator table for the ranks of every process
+            results = sorted((r for part in results for r in part), key=lambda r: r.rank)
         return [_from_wire(r) for r in results]
 
     def call(self, fn, *args, timeout_s: float = 300.0) -> list:

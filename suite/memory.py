@@ -302,7 +302,8 @@ def _gpu_limit(ranks: int) -> tuple[int, str]:
 
 def check_runs(runs, ranks_per_host: int | None = None) -> list[str]:
     """Sentences naming each run whose estimated memory exceeds this machine's, with the estimate,
-    the limit and the override; [] when all fit. Runs with memory_check off are skipped.
+    the limit and the override; [] when all fit. Runs with memory_check off, and analytic runs
+    (on the meta device), are skipped.
 
     `ranks_per_host`: ranks of a real world sharing this host (default: the whole world, as a
     local spawn; torchrun: LOCAL_WORLD_SIZE).
@@ -311,7 +312,7 @@ def check_runs(runs, ranks_per_host: int | None = None) -> list[str]:
     baseline = None
     override = "or set settings: {memory_check: false} to run it anyway"
     for spec in runs:
-        if not spec.memory_check:
+        if not spec.memory_check or spec.world_mode == "analytic":  # on meta: nothing allocated
             continue
         try:
             est = estimate(spec)

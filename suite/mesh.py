@@ -72,6 +72,7 @@ class ParallelMesh:
         active = dims.active()
         self._mesh = None
         self._ranks: dict[str, list[int]] = {}  # axis -> group's global ranks (asked per op)
+        self._groups: dict[str, object] = {}  # axis -> process group (asked per op)
         if active:
             self._mesh = init_device_mesh(
                 device_type, tuple(active.values()), mesh_dim_names=tuple(active.keys())
@@ -89,7 +90,10 @@ class ParallelMesh:
         """The process group spanning `axis`, or None for an axis of degree 1."""
         if self.size(axis) == 1:
             return None
-        return self._mesh.get_group(axis)
+        group = self._groups.get(axis)
+        if group is None:
+            group = self._groups[axis] = self._mesh.get_group(axis)
+        return group
 
     def global_ranks(self, axis: str) -> list[int]:
         """Global ranks of this rank's group on `axis`, in axis-rank order."""

@@ -1,5 +1,8 @@
 """Turn the per-rank results of one run into the stored rows (runs, comm, rank_steps).
 
+An analytic run (world_mode analytic) measured nothing: its timing and memory columns are empty
+and its trace.npz also holds the operator trace (`segments_rank{r}`, `ops`: suite.optrace).
+
 Per-step numbers follow ARCHITECTURE.md's timing semantics, measured on each rank's timeline so
 that the breakdown adds up:
 - comm_s: the time within the step's window [t_start, t_end] during which at least one
@@ -131,7 +134,10 @@ def _windows(result: RankResult) -> tuple[np.ndarray, np.ndarray]:
 
 def step_table(result: RankResult) -> list[dict]:
     """Per (repeat, step) times of one rank: step, comm in flight, exposed comm, compute, the
-    summed op durations (op_time_s) and bytes (see the module docstring)."""
+    summed op durations (op_time_s) and bytes (see the module docstring); an analytic rank's
+    times are empty (its clock counts boundaries, not seconds)."""
+    if result.segments is not None:
+        return [row | dict.fromkeys(_TIMES) for row in _untimed_steps(result)]
     ev, rows = result.events, []
     lo, hi = _windows(result)
     blocked = covered_s(ev["t_wait_start"], ev["t_wait_end"], lo, hi)
@@ -159,10 +165,46 @@ def step_table(result: RankResult) -> list[dict]:
     return rows
 
 
+_TIMES = ("step_s", "comm_s", "op_time_s", "exposed_comm_s", "compute_s", "peak_mem_bytes")
+
+
+def _untimed_steps(result: RankResult) -> list[dict]:
+    ev = result.events
+    return [
+        {
+            "rank": result.rank,
+            "repeat": repeat,
+            "step": step,
+            "comm_bytes": float(
+                ev["nbytes"][(ev["repeat"] == repeat) & (ev["step"] == step)].sum()
+            ),
+        }
+        for repeat, step in result.steps[["repeat", "step"]].tolist()
+    ]
+
+
 def comm_table(result: RankResult, n_steps: int) -> list[dict]:
     """Per (op, axis) totals of one rank, per timed step: time_s sums the calls' durations (an
     upper bound that double counts concurrent calls), inflight_s and exposed_s are unions over
-    the calls, clipped to the timed steps (as the step table's comm_s and exposed_comm_s)."""
+    the calls, clipped to the timed steps (as the step table's comm_s and exposed_comm_s); in
+    an analytic rank only calls and bytes."""
+    if result.segments is not None:
+        ev = result.events
+        keys = sorted(set(zip(ev["op"].tolist(), ev["axis"].tolist(), strict=True)))
+        return [
+            {
+                "rank": result.rank,
+                "op": OPS[op_id],
+                "axis": AXES[axis_id],
+                "calls_per_step": int(sel.sum()) / n_steps,
+                "bytes_per_step": float(ev["nbytes"][sel].sum()) / n_steps,
+                "time_s": None,
+                "inflight_s": None,
+                "exposed_s": None,
+            }
+            for op_id, axis_id in keys
+            for sel in [(ev["op"] == op_id) & (ev["axis"] == axis_id)]
+        ]
     ev, rows = result.events, []
     lo, hi = _windows(result)
     duration = ev["t_done"] - ev["t_issue"]
@@ -197,6 +239,8 @@ def assemble(spec: RunSpec, results: list[RankResult], output_dir: str) -> RunRe
         per_rank = [np.mean([s[key] for s in steps if s["rank"] == r.rank]) for r in results]
         return float(np.mean(per_rank))
 
+    if spec.world_mode == "analytic":
+        return _assemble_analytic(spec, results, output_dir, steps, comm, mean_over_ranks)
     loops = np.max(np.array([r.loop_s for r in results]), axis=0)  # slowest rank per loop
     comm_s, exposed = mean_over_ranks("comm_s"), mean_over_ranks("exposed_comm_s")
     row = _spec_columns(spec) | {
@@ -217,6 +261,24 @@ def assemble(spec: RunSpec, results: list[RankResult], output_dir: str) -> RunRe
         "param_bytes_per_rank": max(r.param_bytes for r in results),
         "buffer_bytes_per_rank": max(r.buffer_bytes for r in results),
         **nvml_summary({r.rank: r.nvml for r in results if r.nvml is not None}),
+        "status": "ok",
+        "error": None,
+        "output_dir": output_dir,
+    }
+    return RunRecord(run=row, comm=comm, rank_steps=steps)
+
+
+def _assemble_analytic(spec, results, output_dir, steps, comm, mean_over_ranks) -> RunRecord:
+    """An analytic run: nothing was measured, so every timing and memory column is empty; the
+    bytes and calls of its collectives, its parameters and buffers are what it counted.
+    `diffscale project` turns its operator trace into latencies on a hardware profile."""
+    row = _spec_columns(spec) | {
+        "host": socket.gethostname(),
+        "device": results[0].device_name,
+        "warmup_steps": results[0].warmup_steps,
+        "comm_bytes_per_step": mean_over_ranks("comm_bytes"),
+        "param_bytes_per_rank": max(r.param_bytes for r in results),
+        "buffer_bytes_per_rank": max(r.buffer_bytes for r in results),
         "status": "ok",
         "error": None,
         "output_dir": output_dir,
@@ -253,5 +315,8 @@ def save_artifacts(results: list[RankResult], run_dir: Path, spec: RunSpec | Non
         arrays[f"steps_rank{r.rank}"] = r.steps
         arrays[f"layers_rank{r.rank}"] = np.array(r.layers, dtype=str)
         arrays[f"buffer_bytes_rank{r.rank}"] = np.array(r.buffer_bytes, dtype=np.int64)
+        if r.segments is not None:  # an analytic rank: its operator trace (suite.optrace)
+            arrays[f"segments_rank{r.rank}"] = r.segments
+            arrays["ops"] = r.ops
     np.savez_compressed(run_dir / "trace.npz", **arrays)
     save_traces(results, run_dir)  # profiler / ledger Chrome traces and NVML samples, if any

@@ -59,6 +59,10 @@ class RankResult:
     buffer_bytes: int = 0  # activation buffers the strategy keeps (e.g. stale K/V), bytes
     trace_gz: bytes | None = None  # torch.profiler Chrome trace (gzip) when profiling was asked
     nvml: np.ndarray | None = None  # suite.profiling.NVML_DTYPE samples; empty without NVML
+    # analytic worlds (suite.analytic_run): times above are boundary indices (suite.optrace),
+    # segment b's signature id, and the OP_DTYPE rows of every signature (shared by the ranks)
+    segments: np.ndarray | None = None
+    ops: np.ndarray | None = None
 
 
 def device_name(device: torch.device) -> str:
@@ -131,11 +135,13 @@ def denoise(
     device: torch.device,
     marks: list | None = None,
     on_step=None,
+    fast_forward=None,
 ) -> torch.Tensor:
     """One denoising loop of the parallelized workload; returns the gathered final latents.
 
     `marks` collects (step, t_start, t_end) per step; the strategy's final gather is timed
-    as part of the last step, since the output is not ready before it.
+    as part of the last step, since the output is not ready before it. `fast_forward`: the
+    loop's hook for steps an analytic world replicates (workloads.denoise).
     """
     import workloads
 
@@ -150,7 +156,7 @@ def denoise(
     def before_step(i: int) -> None:
         nonlocal t_start
         ledger.step = i
-        t_start = time.perf_counter()
+        t_start = ledger.now()  # perf_counter; an analytic world's boundary clock
         if par.on_step is not None:
             par.on_step(i)
 
@@ -160,11 +166,12 @@ def denoise(
         if ref_event is not None:
             ledger.resolve(ref_event, ref_time)
         if marks is not None:
-            marks.append((i, t_start, time.perf_counter()))
+            marks.append((i, t_start, ledger.now()))
         if on_step is not None:
             on_step()
 
     loop = par.loop if par.loop is not None else workloads.denoise
+    hooks = {} if fast_forward is None else {"fast_forward": fast_forward}
     return loop(
         workload,
         par.denoiser,
@@ -172,6 +179,7 @@ def denoise(
         before_step=before_step,
         after_step=after_step,
         finalize=par.gather,
+        **hooks,
     )
 
 

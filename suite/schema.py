@@ -32,7 +32,10 @@ RUNS: tuple[Column, ...] = (
     ),
     Column("backend", "TEXT", "torch.distributed backend: gloo / nccl"),
     Column(
-        "world_mode", "TEXT", "real (processes exchange data) / fake (one process emulates a rank)"
+        "world_mode",
+        "TEXT",
+        "real (processes exchange data) / fake (one process emulates a rank) / analytic (ranks "
+        "emulated on the meta device: nothing timed, operators recorded)",
     ),
     Column("threads_per_rank", "INTEGER", "intra-op CPU threads per rank"),
     Column("workload", "TEXT", "preset name"),
@@ -184,6 +187,46 @@ PROJECTION: tuple[Column, ...] = (
         "projected time per step at least one collective is in flight (a union, as measured)",
     ),
     Column("exposed_comm_s", "REAL", "projected exposed communication per step"),
+    Column(
+        "projected_dtype",
+        "TEXT",
+        "dtype compute and collective payloads were priced in on the target (the run's unless "
+        "project --dtype)",
+    ),
+    Column(
+        "compute_model",
+        "TEXT",
+        "how compute was re-timed: the operator model on an analytic trace, or measured compute "
+        "scaled by an operator-model ratio (analytic twin run named) or a matmul-curve ratio",
+    ),
+    Column(
+        "anchored_to",
+        "TEXT",
+        "anchor of the target's compute (a latency or a measured single-device run); empty: "
+        "unanchored",
+    ),
+    Column("anchor_scale", "REAL", "factor applied to the target's compute time (1: unanchored)"),
+    Column(
+        "compute_bound_pct",
+        "REAL",
+        "share of the critical path (slowest rank) in compute-bound operators; empty without an "
+        "operator trace",
+    ),
+    Column(
+        "memory_bound_pct",
+        "REAL",
+        "share of the critical path in memory-bound operators; empty without an operator trace",
+    ),
+    Column(
+        "launch_pct",
+        "REAL",
+        "share of the critical path in per-call launch overhead not hidden behind kernels",
+    ),
+    Column(
+        "link_pct",
+        "REAL",
+        "share of the critical path blocked on communication (exposed, waits on peers included)",
+    ),
 )
 
 TABLES: dict[str, tuple[Column, ...]] = {

@@ -14,13 +14,13 @@ from typing import Any
 
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda", "auto")
-WORLD_MODES = ("real", "fake")
+WORLD_MODES = ("real", "fake", "analytic")
 
 MAX_COUNT = 2**31 - 1  # steps, batch, repeats: a C int on every rank
 MAX_SEED = 2**63 - 1  # stored as a SQLite INTEGER (signed 64-bit); torch takes up to 2^64 - 1
 MAX_THREADS = 1024  # OMP_NUM_THREADS of one rank
 MAX_TIMEOUT_S = 1e6  # ~11.6 days; a datetime.timedelta in the process group
-MAX_WORLD = 65536  # ranks of one run (a fake world emulates them one after another)
+MAX_WORLD = 65536  # ranks of one run (a fake or analytic world emulates them in turn)
 EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
@@ -40,7 +40,9 @@ class Settings:
     threads_per_rank: int = 1
     timeout_s: float = 600.0
     weights: str | None = None
-    world_mode: str = "real"  # fake: one process emulates each rank, collectives move no data
+    # fake: one process emulates each rank, collectives move no data; analytic: the same on the
+    # meta device, no compute at all: operators and collectives recorded (suite.analytic_run)
+    world_mode: str = "real"
     # refuse runs whose estimated peak memory exceeds the device's (suite.memory); false: run
     memory_check: bool = True
 

@@ -10,6 +10,7 @@ at its start and end the runs an interrupted sweep left unscored.
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ from suite.results import (
     place_run_dir,
 )
 
+EMULATORS_ENV = "DIFFSCALE_EMULATORS"
+
 
 @dataclass
 class SweepSummary:
@@ -46,9 +49,24 @@ def default_out_dir(experiment: str) -> Path:
 
 
 def _world_key(spec: RunSpec) -> tuple:
+    if spec.world_mode == "analytic":  # on meta, the device unused: CPU fake worlds' process
+        return (analytic_emulators(), "cpu", spec.threads_per_rank, True)
     if spec.world_mode == "fake":  # one emulating process serves every fake world size
         return (1, spec.device, spec.threads_per_rank, True)
     return (spec.world_size, spec.device, spec.threads_per_rank, False)
+
+
+def analytic_emulators() -> int:
+    """Processes emulating an analytic world's ranks side by side, $DIFFSCALE_EMULATORS (default
+    1). Each holds torch and diffusers (about 1 GB) and warms up its own memo of meta kernels:
+    worth it only where cores are idle (on a busy 2-core machine two were slower than one)."""
+    raw = os.environ.get(EMULATORS_ENV, "1")
+    if not (raw.strip().isdigit() and 1 <= int(raw) <= 64):
+        raise SystemExit(
+            f"{EMULATORS_ENV}={raw!r}: give the number of processes that emulate an analytic "
+            "world's ranks side by side, an integer from 1 to 64"
+        )
+    return int(raw)
 
 
 def _pending(config: ExperimentConfig, store: ResultStore, skip_failed: bool) -> list[RunSpec]:
@@ -154,6 +172,8 @@ def run_local(
     config: ExperimentConfig, out_dir: Path, *, skip_failed: bool = False, progress: bool = True
 ) -> SweepSummary:
     """Run every pending run of `config` in local spawned worlds."""
+    if any(s.world_mode == "analytic" for s in config.runs):
+        analytic_emulators()  # a bad $DIFFSCALE_EMULATORS stops the sweep before it starts
     with sweep_store(out_dir, config.fidelity) as store:
         summary = SweepSummary(db_path=store.path)
         todo = _pending(config, store, skip_failed)
@@ -163,8 +183,8 @@ def run_local(
         for s in todo:
             first_seen.setdefault(_world_key(s), len(first_seen))
         todo.sort(key=lambda s: first_seen[_world_key(s)])  # stable: config order within a world
-        total_steps = sum(
-            (s.warmup_runs + s.repeats) * s.steps * (s.world_size if s.world_mode == "fake" else 1)
+        total_steps = sum(  # an emulating process reports the steps of every rank
+            (s.warmup_runs + s.repeats) * s.steps * (1 if s.world_mode == "real" else s.world_size)
             for s in todo
         )
         runs_bar = tqdm(

@@ -176,9 +176,13 @@ def is_baseline(run: pd.Series) -> bool:
     return run["strategy"] == "none" and int(run["world_size"]) == 1
 
 
+_EMULATED = ("fake", "analytic")  # world modes whose outputs are not the model's
+
+
 def _real(runs: pd.DataFrame) -> pd.Series:
-    """Rows of runs with images: a fake world's outputs are not the model's (never scored)."""
-    return (runs["world_mode"] != "fake").fillna(True).astype(bool)
+    """Rows of runs with images: a fake world's outputs are not the model's, an analytic world
+    has none (never scored)."""
+    return (~runs["world_mode"].isin(_EMULATED)).astype(bool)
 
 
 def find_baseline(runs: pd.DataFrame, run: pd.Series) -> pd.Series | None:
@@ -255,7 +259,7 @@ def score_store(
     rescore: bool = False,
 ) -> list[str]:
     """Score every ok run of the store (only runs without fidelity rows unless `rescore`);
-    fake-world runs are never scored."""
+    fake- and analytic-world runs are never scored."""
     options = options or FidelityOptions()
     backbones = backbones or Backbones(options)
     runs = store.table("runs")
@@ -312,7 +316,7 @@ def score_after_record(store: ResultStore, spec, options: FidelityOptions | None
     try:
         runs = store.table("runs")
         run = runs[runs["run_id"] == spec.run_id].iloc[0]
-        if run["world_mode"] == "fake":
+        if run["world_mode"] in _EMULATED:
             return  # no images: the emulated ranks' outputs are not the model's
         run_images(store, run, spec)
         targets = [spec.run_id]

@@ -54,7 +54,8 @@ class Parallelized:
     buffer_bytes: Callable[[], int] | None = None
     # A strategy that drives its own loop (PipeFusion: patch-wise, per-patch scheduler state)
     # replaces workloads.denoise; same signature: (workload, denoiser, inputs, *, before_step,
-    # after_step, finalize) -> final latents, calling the hooks around each of its steps.
+    # after_step, finalize, fast_forward) -> final latents, calling the hooks around each of
+    # its steps.
     loop: Callable[..., torch.Tensor] | None = None
 
 
@@ -94,6 +95,9 @@ class Strategy:
     options: dict[str, Option] = field(default_factory=dict)
     # extra checks on (RunSpec, Preset) before any process starts; returns error sentences
     validate: Callable[[Any, Any], list[str]] | None = None
+    # communicates through a library's own collectives, outside the ledger: it cannot run in an
+    # analytic world, where no collective is launched
+    library_collectives: bool = False
 
 
 REGISTRY: dict[str, Strategy] = {}
@@ -177,6 +181,7 @@ def _composite(name: str) -> Strategy:
         apply=lambda workload, comm, opts: _apply_composed(parts, workload, comm, opts),
         options=options,
         validate=validate,
+        library_collectives=any(p.library_collectives for p in parts),
     )
 
 

@@ -13,6 +13,10 @@ Schedule of stage k of N, M patches, S steps, W warm-up steps:
   that patch's solver. After the last step it collects the final predictions, so the final
   latents are on stage 0 (and rank 0 with it) without an extra gather.
 
+An analytic world may stand in for steady steps (`fast_forward`, as in workloads.denoise):
+stage 0 then only steps its solvers over them, and what step i-1 sent it is taken at the step
+the loop resumes at.
+
 Receives of a step are posted when the step begins, so a message can land while the receiver
 still computes; sends are waited at the end of the step that issued them (the receiver posted
 their receives when it began that step, which never depends on this rank's later work, so this
@@ -97,6 +101,7 @@ class PipeLoop:
         before_step: Callable[[int], None] | None = None,
         after_step: Callable[[int], None] | None = None,
         finalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        fast_forward: Callable[[int], int] | None = None,
     ) -> torch.Tensor:
         from workloads import combine_cfg, initial_latents, scale_input
 
@@ -153,8 +158,31 @@ class PipeLoop:
                 else:
                     mail.send(i, pred.contiguous(), dst=0)
 
+        def skip(first: int, resume: int) -> None:
+            """Steps first..resume-1 are stood in for (workloads.denoise's `fast_forward`):
+            stage 0 steps its solvers over them on stand-in predictions, and takes what the
+            last stage sent in step first-1 at step `resume`, as the prediction of resume-1."""
+            for step in range(first - 1, resume - 1):
+                for m in range(m_count):
+                    if stage.first:
+                        stand_in = torch.empty_like(parts[m])
+                        parts[m] = solvers[m].step(
+                            stand_in, timesteps[step], parts[m], return_dict=False
+                        )[0]
+            if first - 1 in mail.recvs:
+                mail.recvs[resume - 1] = mail.recvs.pop(first - 1)
+            for m in range(m_count):
+                if (first - 1, m) in local:
+                    local[(resume - 1, m)] = local.pop((first - 1, m))
+
         last = len(timesteps) - 1
+        resume = 0
         for i, t in enumerate(timesteps):
+            if i < resume:
+                continue
+            if fast_forward is not None and (resume := fast_forward(i)) > i:
+                skip(i, resume)
+                continue
             if before_step is not None:
                 before_step(i)
             full = i < self.warmup_steps

@@ -163,6 +163,7 @@ register(
         paper="diffusers ContextParallelConfig (the library's Ulysses / Ring attention)",
         apply=_P + "diffusers_cp:apply_diffusers_cp",
         validate=c.validate_diffusers_cp,
+        library_collectives=True,
     )
 )
 register(
@@ -174,5 +175,6 @@ register(
         paper="diffusers TensorParallelConfig (the library's tensor parallelism)",
         apply=_P + "diffusers_cp:apply_diffusers_tp",
         validate=c.validate_diffusers_tp,
+        library_collectives=True,
     )
 )

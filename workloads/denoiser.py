@@ -82,7 +82,7 @@ def _flux(x: Tensor, t: Tensor, c: Cond) -> dict:
         hidden_states=pack_latents(x),
         # the model multiplies timestep and guidance by 1000 itself
         timestep=t.to(x.dtype) / 1000,
-        guidance=c["guidance"],
+        guidance=c.get("guidance"),  # None for flux-schnell (no guidance embedding)
         encoder_hidden_states=text,
         pooled_projections=c["pooled_projections"],
         img_ids=flux_image_ids(x.shape[2], x.shape[3], x.device),

@@ -110,7 +110,8 @@ def _conditioning(
     elif preset.family == "pixart":
         cond["resolution"] = torch.tensor([[height, width]]).float()
         cond["aspect_ratio"] = torch.tensor([[height / width]]).float()
-    elif preset.family == "flux":
+    elif preset.family == "flux" and preset.config.get("guidance_embeds", False):
+        # guidance-distilled (dev): the scale is a model input; schnell has no such embedding
         cond["guidance"] = torch.tensor([guidance]).float()
     for key in _SHARED_KEYS:
         if key in cond:

@@ -240,6 +240,15 @@ _TINY_FLUX = {
     "axes_dims_rope": (4, 6, 6),
 }
 
+# FLUX.1-schnell: FLUX.1-dev's architecture without the guidance embedding (timestep-distilled
+# for 1-4 steps, no guidance input); black-forest-labs/flux src/flux/util.py gives both models
+# the same params but guidance_embed=False for flux-schnell.
+_FLUX_SCHNELL = {**_FLUX, "guidance_embeds": False}
+_TINY_FLUX_SCHNELL = {**_TINY_FLUX, "guidance_embeds": False}
+# schnell samples its sigma grid unshifted (black-forest-labs/flux src/flux/cli.py:
+# get_schedule(..., shift=(name != "flux-schnell"))): no resolution-dependent shift, shift 1
+_FLUX_SCHNELL_SCHEDULE = _frozen({"use_dynamic_shifting": False, "shift": 1.0})
+
 
 # Trained tiny models (workloads/train_tiny.py): pixel space 32x32 RGB, 4 shape classes
 # (workloads/shapes.py), v-prediction on the DiT family's linear noise schedule. Sizes keep both
@@ -357,9 +366,12 @@ def _preset(name: str, family: str, config: dict[str, Any], tiny: bool, **fields
         family=family,
         config=_frozen(config),
         vae_scale_factor=8,
-        default_steps=_TINY_STEPS if tiny else _FULL_STEPS,
         tiny=tiny,
-        **{**_FAMILY_COMMON[family], **fields},
+        **{
+            "default_steps": _TINY_STEPS if tiny else _FULL_STEPS,
+            **_FAMILY_COMMON[family],
+            **fields,
+        },
     )
 
 
@@ -513,6 +525,39 @@ _ALL = (
         pooled_dim=32,
         native_resolution=256,
         description="Flux-shaped, 2 double + 2 single blocks, hidden 64, 4 heads: CPU tests",
+    ),
+    _preset(
+        "flux-schnell",
+        "flux",
+        _FLUX_SCHNELL,
+        False,
+        heads=24,
+        layers=57,  # 19 double-stream + 38 single-stream blocks
+        # T5 tokens: 256 for schnell, 512 for dev (black-forest-labs/flux src/flux/cli.py:
+        # load_t5(max_length=256 if name == "flux-schnell" else 512))
+        text_len=256,
+        text_dim=4096,
+        pooled_dim=768,
+        native_resolution=1024,
+        default_steps=4,  # timestep-distilled: 1-4 steps (xDiT benchmarks it with 4)
+        default_guidance=0.0,  # no guidance input (diffusers' FluxPipeline examples pass 0.0)
+        scheduler_config=_FLUX_SCHNELL_SCHEDULE,
+        description="FLUX.1-schnell (11.9 B): flux-dev's blocks without guidance embedding, 4 steps",
+    ),
+    _preset(
+        "tiny-flux-schnell",
+        "flux",
+        _TINY_FLUX_SCHNELL,
+        True,
+        heads=4,
+        layers=4,
+        text_len=8,
+        text_dim=32,
+        pooled_dim=32,
+        native_resolution=256,
+        default_guidance=0.0,
+        scheduler_config=_FLUX_SCHNELL_SCHEDULE,
+        description="Flux-schnell-shaped (no guidance embedding), 2 double + 2 single blocks: CPU tests",
     ),
     Preset(
         name="trained-tiny-unet",

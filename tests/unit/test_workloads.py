@@ -31,6 +31,7 @@ EXPECTED_PARAMS = {
     "dit-xl-2": 0.7498e9,
     "sd3-medium": 2.028e9,
     "flux-dev": 11.90e9,
+    "flux-schnell": 11.89e9,  # flux-dev less its guidance embedder (2 x 3072-wide linears)
 }
 
 SMALL = [name for name in W.PRESETS if name.startswith("small-")]

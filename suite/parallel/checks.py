@@ -178,8 +178,18 @@ def head_counts(preset) -> list[int]:
     """Head counts of every attention layer (the UNet's differ per level)."""
     if preset.family == "unet":
         # diffusers' UNet reads attention_head_dim as the head count (see workloads.presets)
-        heads = preset.config.get("num_attention_heads") or preset.config["attention_head_dim"]
-        return sorted(set(heads)) if isinstance(heads, tuple | list) else [heads]
+        cfg = preset.config
+        heads = cfg.get("num_attention_heads") or cfg["attention_head_dim"]
+        if not isinstance(heads, tuple | list):
+            return [heads]
+        # only levels that attend count (SDXL's first level, 5 heads, has no attention); the
+        # mid block attends at the last level's head count
+        down, up = cfg["down_block_types"], cfg["up_block_types"]
+        levels = {
+            i for i in range(len(heads)) if "Attn" in down[i] or "Attn" in up[len(heads) - 1 - i]
+        }
+        levels.add(len(heads) - 1)
+        return sorted({heads[i] for i in levels})
     return [preset.heads]
 
 

@@ -39,6 +39,9 @@ def _parse(strategy: str, workload: str, degrees: dict, px=256, **settings):
          r"tensor degree 8 does not divide the attention head count\(s\) \[4\]"),
         ("tensor", "tiny-sdxl", {"tensor": 3}, 256, {},
          r"tensor degree 3 does not divide the 8 GroupNorm groups of tiny-sdxl"),
+        # SDXL attends at 10 and 20 heads (its first level, 5 heads, has no attention)
+        ("tensor", "sdxl", {"tensor": 4}, 1024, {},
+         r"tensor degree 4 does not divide the attention head count\(s\) \[10\]"),
         ("cfg", "tiny-flux-dev", {"cfg": 2}, 256, {},
          r"tiny-flux-dev runs no unconditional branch \(preset cfg=False"),
         ("cfg", "tiny-pixart-alpha", {"cfg": 2}, 256, {"guidance": 1.0},
@@ -61,6 +64,12 @@ def test_impossible_degrees_are_rejected_before_start(
 ):
     with pytest.raises(ConfigError, match=message):
         _parse(strategy, workload, degrees, px, **settings)
+
+
+def test_sdxl_tensor_degree_2_is_accepted():
+    # the levels that attend have 10 and 20 heads; the 5 of the first level never attend
+    (spec,) = _parse("tensor", "sdxl", {"tensor": 2}, 1024).runs
+    assert dict(spec.degrees) == {"tensor": 2}
 
 
 def test_degrees_must_multiply_to_the_world_size():

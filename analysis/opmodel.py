@@ -11,10 +11,13 @@ current one runs, so a call costs max(kernel, launch)). A segment signature of a
 
 Rates are efficiency curves, stored as the throughput achieved at each size (rate = peak x
 efficiency): TFLOP/s by FLOPs per call for matmul and conv, by S_kv per head dim for attention;
-GB/s by bytes per call for norm, elementwise and memory (copies), whose compute side uses the
-device's vector (fp32) peak. Between measured sizes a rate is linear in log(size); outside them
-it is clamped to the nearest end. A class without a curve of its own uses matmul's (compute) or
-the copy curve (memory); a profile without curves uses its device's peaks (efficiency 1).
+GB/s by bytes per call for norm, elementwise, memory (copies) and activation (transcendentals),
+whose compute side uses the device's vector (fp32) peak. Between measured sizes a rate is linear
+in log(size); outside them it is clamped to the nearest end. A class without a curve of its own
+uses matmul's (compute), the elementwise curve (activation) or the copy curve (memory); a profile
+without curves uses its device's peaks (efficiency 1). Attention kernels compiled for a few head
+dims (`attention_kernel.head_dim_tiles`: FlashAttention-2's 32, 64, 96, 128, ...) run a head dim
+at the next tile up: its FLOPs x tile / head dim, at the tile's rate.
 
 Curves come from `diffscale calibrate` (the calibrated profile's `opcurves`) or, for catalog
 GPUs, from `configs/hardware/opcurves/<device>.yaml`, where every point names its source or is
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
     from analysis.hardware import Profile
 
 COMPUTE_CLASSES = ("matmul", "conv", "attention")
-MEMORY_CLASSES = ("norm", "elementwise", "memory")
+MEMORY_CLASSES = ("norm", "elementwise", "memory", "activation")
 # dtype keys of curves and of `project --dtype` (tf32: fp32 storage, TF32 tensor-core math)
 DTYPE_KEYS = ("fp32", "tf32", "fp16", "bf16")
 ELEMENT_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2}
@@ -71,6 +74,10 @@ class OpCurves:
     memory: dict[str, Curve] = field(default_factory=dict)  # class -> GB/s by bytes per call
     launch_s: float = 0.0  # per call
     launch_async: bool = False  # GPU: launch overlaps the previous kernel (max, not sum)
+    # attention kernels compiled for a few head dims (FlashAttention-2: 32, 64, 96, 128, ...):
+    # a head dim between two runs at the next one up, in the dtypes listed
+    attention_tiles: tuple[int, ...] = ()
+    attention_tile_dtypes: tuple[str, ...] = ()
 
     def dtypes(self) -> list[str]:
         return [k for k in DTYPE_KEYS if ("matmul", k) in self.compute]
@@ -106,9 +113,29 @@ def parse_curves(data: dict, where: str = "opcurves") -> OpCurves:
         if data.get(cls)
     }
     launch = data.get("launch") or {}
+    kernel = data.get("attention_kernel") or {}
+    tiles = tuple(sorted(int(d) for d in kernel.get("head_dim_tiles") or ()))
+    if any(d <= 0 for d in tiles):
+        raise ValueError(f"{where}: attention_kernel.head_dim_tiles must be positive")
     return OpCurves(
-        compute, memory, float(launch.get("us", 0.0)) * 1e-6, bool(launch.get("async", False))
+        compute,
+        memory,
+        float(launch.get("us", 0.0)) * 1e-6,
+        bool(launch.get("async", False)),
+        tiles,
+        tuple(dtype_key(str(k)) for k in kernel.get("dtypes") or ()),
     )
+
+
+def attention_tile(curves: OpCurves | None, key: str, head_dim):
+    """The head dim an attention kernel runs `head_dim` (array) at: the next compiled tile in
+    the profile's `attention_kernel` (FlashAttention-2 pads 72 to 96), else itself."""
+    head_dim = np.asarray(head_dim, dtype=float)
+    if curves is None or not curves.attention_tiles or key not in curves.attention_tile_dtypes:
+        return head_dim
+    tiles = np.asarray(curves.attention_tiles, dtype=float)
+    at = np.searchsorted(tiles, head_dim)  # first tile >= head_dim
+    return np.where(at < len(tiles), tiles[np.minimum(at, len(tiles) - 1)], head_dim)
 
 
 def dtypes(profile: Profile) -> list[str]:
@@ -175,8 +202,11 @@ def memory_rate(profile: Profile, cls: str, nbytes) -> np.ndarray:
     nbytes = np.asarray(nbytes, dtype=float)
     curves = profile.opcurves
     curve = None
-    if curves is not None:
-        curve = curves.memory.get(cls) or curves.memory.get("memory")
+    if curves is not None:  # activations without a curve of their own stream like elementwise
+        fallback = ("elementwise", "memory") if cls == "activation" else ("memory",)
+        curve = curves.memory.get(cls) or next(
+            (curves.memory[c] for c in fallback if c in curves.memory), None
+        )
     if curve is not None:
         return curve(nbytes) * 1e9
     bw = profile.device.mem_bandwidth_gb_s
@@ -220,8 +250,13 @@ def price(profile: Profile, ops: np.ndarray, dtype: str | None = None) -> Priced
         for key in set(keys[ops["cls"] == c]):
             sel = (ops["cls"] == c) & (keys == key)
             o = ops[sel]
-            rate = compute_rate(profile, cls, key, o["flops"], o["d2"], o["d3"])
-            t_c[sel] = o["flops"] / rate
+            flops, head_dim = o["flops"].astype(float), o["d3"]
+            if cls == "attention":  # the kernel computes at its tile's head dim
+                tile = attention_tile(profile.opcurves, key, head_dim)
+                flops = flops * tile / np.maximum(head_dim, 1)
+                head_dim = tile
+            rate = compute_rate(profile, cls, key, flops, o["d2"], head_dim)
+            t_c[sel] = flops / rate
             t_m[sel] = o["bytes"] / memory_rate(profile, cls, o["bytes"])
     kernel = np.maximum(t_c, t_m)
     curves = profile.opcurves

@@ -15,7 +15,7 @@ import pandas as pd
 
 from analysis.tables import open_store
 
-# Fields that make a fake run and a real run the same experiment (all but world_mode).
+# Fields that make a fake or analytic run and a real run the same experiment (all but world_mode).
 MATCH = ["workload", "height", "width", "steps", "batch", "scheduler", "guidance", "dtype",
          "strategy", "degrees", "options", "world_size", "threads_per_rank", "seed"]  # fmt: skip
 
@@ -43,7 +43,10 @@ def _label(row) -> str:
 
 
 def validation(db_path: str | Path, source: str) -> pd.DataFrame:
-    """Fake-world runs projected on the `source` profile beside the matching real runs' latency."""
+    """Fake-world and analytic runs projected on the `source` profile beside the matching real
+    runs' measured latency (matched on MATCH: workload, size, steps, strategy, degrees, options,
+    batch, dtype, ...). `projected_from` says which trace a row re-timed: `fake` (measured
+    compute, collectives re-timed) or `analytic` (the operator model alone)."""
     with open_store(db_path) as store:  # read-only
         runs, proj = store.table("runs"), store.table("projection")
     proj = proj[proj["hardware"] == source]
@@ -52,18 +55,20 @@ def validation(db_path: str | Path, source: str) -> pd.DataFrame:
         runs.set_index("run_id")["dtype"].map(_short)
     ).eq(proj["projected_dtype"])
     proj = proj[same_dtype & (proj["anchored_to"].isna() | proj["anchored_to"].eq(""))]
-    fake = runs[(runs["world_mode"] == "fake") & (runs["status"] == "ok")].merge(
-        proj, on="run_id", suffixes=("_fake", "")
+    ok = runs[runs["status"] == "ok"]
+    twins = ok[ok["world_mode"].isin(["fake", "analytic"])].merge(
+        proj, on="run_id", suffixes=("_twin", "")
     )
-    real = runs[(runs["world_mode"] == "real") & (runs["status"] == "ok")]
-    both = fake.merge(real, on=MATCH, suffixes=("", "_real"))
-    out = both[["workload", "strategy", "world_size", "latency_s", "latency_s_real"]].rename(
-        columns={"latency_s": "projected_latency_s", "latency_s_real": "measured_latency_s"}
-    )
+    real = ok[ok["world_mode"] == "real"]
+    both = twins.merge(real, on=MATCH, suffixes=("", "_real"))
+    out = both[["workload", "strategy", "world_size", "world_mode", "latency_s", "latency_s_real"]]
+    names = {"world_mode": "projected_from", "latency_s": "projected_latency_s"}
+    out = out.rename(columns={**names, "latency_s_real": "measured_latency_s"})
     out["error_pct"] = (
         100 * (out["projected_latency_s"] - out["measured_latency_s"]) / out["measured_latency_s"]
     )
-    return out.sort_values(["workload", "world_size", "strategy"]).reset_index(drop=True)
+    keys = ["workload", "projected_from", "world_size", "strategy"]
+    return out.sort_values(keys).reset_index(drop=True)
 
 
 def _short(dtype) -> str:
@@ -182,16 +187,24 @@ def write_projection_report(db_path: str | Path, out_dir: str | Path, source: st
         "",
     ]
     val = validation(db_path, source)
-    if len(val):
-        med = float(np.median(np.abs(val["error_pct"])))
+    for mode, how in (
+        ("fake", "one process emulating every rank, compute measured, collectives moving no "
+         "data and re-timed"),
+        ("analytic", "every rank on the meta device, nothing measured: compute from the "
+         "operator model alone, collectives re-timed"),
+    ):  # fmt: skip
+        rows = val[val["projected_from"] == mode].drop(columns="projected_from")
+        if not len(rows):
+            continue
+        med = float(np.median(np.abs(rows["error_pct"])))
         lines += [
-            f"## Validation on `{source}`: fake-world projections vs measured real runs",
+            f"## Validation on `{source}`: {mode}-world projections vs measured real runs",
             "",
-            "Each fake-world run (one process emulating every rank, collectives moving no data) is "
-            f"projected on the calibrated profile of this machine and set beside the measured "
-            f"latency of the same run in a real gloo world. Median absolute error: **{med:.1f}%**.",
+            f"Each {mode}-world run ({how}) is projected on the calibrated profile of this "
+            "machine and set beside the measured latency of the same run in a real gloo world. "
+            f"Median absolute error: **{med:.1f}%**.",
             "",
-            _table(val),
+            _table(rows),
             "",
         ]
     path = out_dir / "projection.md"

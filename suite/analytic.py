@@ -93,6 +93,24 @@ _MEMORY = {
     "upsample_nearest2d",
     "upsample_nearest3d",
 }
+# pointwise transcendentals: on a CPU several times the time of an add of the same bytes
+_ACTIVATION = {
+    "gelu",
+    "silu",
+    "mish",
+    "tanh",
+    "sigmoid",
+    "exp",
+    "expm1",
+    "log",
+    "log1p",
+    "erf",
+    "sin",
+    "cos",
+    "softplus",
+    "_softmax",
+    "_log_softmax",
+}
 # allocations and metadata queries that are not views in the schema's sense
 _SKIP = {
     "empty",
@@ -150,6 +168,7 @@ def _plan(func) -> tuple[int, str | None]:
         ("attention", _ATTENTION),
         ("norm", _NORM),
         ("memory", _MEMORY),
+        ("activation", _ACTIVATION),
     ):
         if name in names:
             return _RECORD, cls

@@ -2,14 +2,18 @@
 
 Per operator class and dtype, the throughput reached over a ladder of sizes: GEMMs (TFLOP/s by
 FLOPs per call), 3x3 convolutions (likewise), scaled-dot-product attention (TFLOP/s by sequence
-length, head dim 64; 128 too on GPUs), group + layer norm, an elementwise add and a copy (GB/s
-by bytes read + written per call), and the per-call overhead of an operator (launch).
+length, head dims 32, 64 and 128 on CPUs, 64 and 128 on GPUs), group + layer norm, an elementwise
+add, a copy, and GELU (tanh) + SiLU, the activations of DiTs and UNets (GB/s by bytes read +
+written per call), and the per-call overhead of an operator (launch).
 
-CPU: fp32, and bf16 where it runs; timed with perf_counter, best of 3 batches of calls. On CPU
-the overhead is paid before every kernel, so it is subtracted from each measured call: the model
-(kernel at the curve's rate + launch) then gives back the measured time at every kept size.
-Sizes whose call is within 3x the overhead are dropped (kernel and overhead cannot be told apart
-there; the curve is clamped to its smallest kept size).
+CPU: fp32, and bf16 where it runs; timed with perf_counter, best of 3 batches of calls. GEMMs are
+timed as a model's linear layers run them: `F.linear` (transposed weight, bias) cycling through
+64 MB of distinct weights, so that each call finds its weight out of cache as a layer of a
+model does (a GEMM repeated on the same operands runs up to 10% faster from cache, and a
+64-row one 30%). On CPU the overhead is paid before every kernel, so it is subtracted from each
+measured call: the model (kernel at the curve's rate + launch) then gives back the measured time
+at every kept size. Sizes whose call is within 3x the overhead are dropped (kernel and overhead
+cannot be told apart there; the curve is clamped to its smallest kept size).
 CUDA: fp32 (TF32 off, PyTorch's default for matmul), tf32, fp16, bf16, timed with CUDA events
 over back-to-back calls; the launch cost is the CPU time to queue a tiny kernel, overlapped
 with the kernels (`async`). A ladder stops where one call exceeds `max_call_s`.
@@ -17,6 +21,7 @@ with the kernels (`async`). A ladder stops where one call exceeds `max_call_s`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -31,7 +36,8 @@ CONV = {  # (channels in = out, height = width), 3x3, batch 1
 }
 SEQ = {"cpu": (64, 256, 1024, 2048, 4096), "cuda": (256, 1024, 2048, 4096, 8192, 16384)}
 HEADS = {"cpu": 4, "cuda": 16}  # batch x heads of the attention calls
-HEAD_DIMS = {"cpu": (64,), "cuda": (64, 128)}
+HEAD_DIMS = {"cpu": (32, 64, 128), "cuda": (64, 128)}
+COLD_WEIGHT_BYTES = 64 << 20  # CPU GEMMs cycle through this much weight (beyond the caches)
 NUMEL = {"cpu": (1 << 10, 1 << 14, 1 << 18, 1 << 22, 1 << 24), "cuda": (1 << 14, 1 << 18, 1 << 22, 1 << 26, 1 << 28)}  # fmt: skip
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
                 "bf16": torch.bfloat16}  # fmt: skip
@@ -146,13 +152,23 @@ def measure_op_curves(device: torch.device | None = None, max_call_s: float = 1.
 
                 def gemm(n, dt=dt):
                     a = torch.randn(n, n, device=device).to(dt)
-                    b = torch.randn(n, n, device=device).to(dt)
                     flops = 2.0 * n**3
-                    return (
-                        (lambda: a @ b),
-                        (lambda t: {"tflops": flops / t / 1e12}),
-                        {"flops": flops},
-                    )
+                    if on_cpu:  # a linear layer's GEMM, its weight out of cache
+                        nbytes = n * n * dt.itemsize
+                        count = max(2, min(256, COLD_WEIGHT_BYTES // nbytes))
+                        weights = itertools.cycle([torch.randn(n, n).to(dt) for _ in range(count)])
+                        bias = torch.randn(n).to(dt)
+
+                        def fn():
+                            return F.linear(a, next(weights), bias)
+
+                    else:
+                        b = torch.randn(n, n, device=device).to(dt)
+
+                        def fn():
+                            return a @ b
+
+                    return fn, (lambda t: {"tflops": flops / t / 1e12}), {"flops": flops}
 
                 def conv(cfg, dt=dt):
                     c, hw = cfg
@@ -196,11 +212,14 @@ def measure_op_curves(device: torch.device | None = None, max_call_s: float = 1.
                     nbytes = 2.0 * numel * 4
                 elif op == "elementwise":
                     fns, nbytes = [lambda: torch.add(a, b)], 3.0 * numel * 4
+                elif op == "activation":  # DiTs' GELU (tanh) and UNets' SiLU, the mean
+                    fns = [lambda: F.gelu(a, approximate="tanh"), lambda: F.silu(a)]
+                    nbytes = 2.0 * numel * 4
                 else:
                     fns, nbytes = [lambda: a.clone()], 2.0 * numel * 4
                 return fns, nbytes
 
-            for op in ("norm", "elementwise", "memory"):
+            for op in ("norm", "elementwise", "memory", "activation"):
                 timed = []
                 for numel in NUMEL[kind]:
                     fns, nbytes = mem(numel, op)

@@ -248,7 +248,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             for d, pts in by_dim.items():
                 rates = ", ".join(f"{p['s_kv']}: {p['tflops'] * 1e3:.3g}" for p in pts)
                 print(f"  attention   {dtype} head dim {d}: GFLOP/s by S {rates}")
-        for cls in ("norm", "elementwise", "memory"):
+        for cls in ("norm", "elementwise", "memory", "activation"):
             rates = ", ".join(f"{p['gb_s']:.3g}" for p in curves.get(cls, []))
             print(f"  {cls:11s} GB/s {rates} (by size)")
     return 0

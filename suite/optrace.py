@@ -33,9 +33,13 @@ import numpy as np
 #              N = C_out / groups, K = C_in / groups * kernel_h * kernel_w)
 #   attention  scaled dot-product attention as one fused kernel: (batch*heads, S_q, S_kv, D)
 #   norm       group / layer / batch / RMS norm: (numel, normalized size, 0, 0)
-#   elementwise pointwise ops, reductions, softmax outside attention: (numel, 0, 0, 0)
+#   elementwise pointwise arithmetic and reductions: (numel, 0, 0, 0)
 #   memory     ops that only move data (cat, clone, copy, index, pad): (numel, 0, 0, 0)
-OP_CLASSES: tuple[str, ...] = ("matmul", "conv", "attention", "norm", "elementwise", "memory")
+#   activation pointwise transcendentals (GELU, SiLU, tanh, exp, softmax outside attention):
+#              (numel, 0, 0, 0); added last, so traces written before it keep their indices
+OP_CLASSES: tuple[str, ...] = (
+    "matmul", "conv", "attention", "norm", "elementwise", "memory", "activation",
+)  # fmt: skip
 # dtype of an operator's inputs (its element size sets its bytes and its peak)
 TRACE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "other")
 

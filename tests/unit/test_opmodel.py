@@ -106,6 +106,30 @@ def test_attention_by_sequence_length_and_head_dim():
     assert opmodel.compute_rate(prof, "attention", "bf16", [1e9], [2048], [64])[0] == 2e12
 
 
+def test_attention_runs_at_the_kernels_head_dim_tile():
+    curves = {
+        **CURVES,
+        "attention": {
+            "fp32": {64: [{"s_kv": 1024, "tflops": 0.2}], 128: [{"s_kv": 1024, "tflops": 0.4}]}
+        },
+        "attention_kernel": {"head_dim_tiles": [64, 96, 128], "dtypes": ["fp32"]},
+    }
+    prof = _profile(curves)
+    tiles = opmodel.attention_tile(prof.opcurves, "fp32", [40, 64, 72, 96, 100, 200])
+    assert tiles.tolist() == [64, 64, 96, 96, 128, 200]  # above the largest tile: unpadded
+    assert opmodel.attention_tile(prof.opcurves, "bf16", [72]).tolist() == [72]  # not listed
+    # head dim 72 runs the 96 kernel: 96/72 the FLOPs at the rate of head dim 96, which is
+    # log(96/64) / log(2) = 0.585 of the way (in log head dim) from 0.2 to 0.4 TFLOP/s
+    flops = 2 * 8 * 1024 * 1024 * (72 + 72)
+    ops = _ops((0, "attention", "float32", 1, flops, 1.0, 1024, 72))
+    rate96 = 0.2 + 0.2 * math.log(96 / 64) / math.log(2)
+    assert price(prof, ops).time_s[0] == pytest.approx(flops * 96 / 72 / (rate96 * 1e12))
+    # without the kernel block, 72 is priced at its own interpolated rate
+    plain = _profile({k: v for k, v in curves.items() if k != "attention_kernel"})
+    rate72 = 0.2 + 0.2 * math.log(72 / 64) / math.log(2)
+    assert price(plain, ops).time_s[0] == pytest.approx(flops / (rate72 * 1e12))
+
+
 def test_dtype_conversion_rescales_bytes_and_prices_the_new_dtype():
     ops = _ops((0, "matmul", "float32", 1, 1e9, 4e3), (0, "memory", "other", 1, 0.0, 8e3))
     converted, keys = opmodel.convert_dtype(ops, "bf16")

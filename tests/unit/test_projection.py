@@ -219,3 +219,44 @@ def test_scaling_plot_has_a_panel_per_strategy_and_a_line_per_profile(tmp_path):
     assert path.read_bytes().startswith(b"\x89PNG")
     height, width = matplotlib.image.imread(path).shape[:2]
     assert width > height  # two panels (ring, tensor) side by side, the legend below them
+
+
+def test_validation_matches_fake_and_analytic_twins_of_real_runs(tmp_path):
+    from analysis.projection_report import validation
+    from suite.results import ResultStore
+
+    base = {"experiment": "v", "workload": "w", "height": 256, "width": 256, "steps": 4,
+            "batch": 1, "scheduler": "ddim", "guidance": 4.5, "dtype": "float32",
+            "threads_per_rank": 1, "seed": 0, "options": "{}", "status": "ok"}  # fmt: skip
+    runs = [  # (run_id, world_mode, strategy, degrees, world, measured latency)
+        ("real-u2", "real", "ulysses", '{"ulysses": 2}', 2, 1.0),
+        ("fake-u2", "fake", "ulysses", '{"ulysses": 2}', 2, 0.9),
+        ("ana-u2", "analytic", "ulysses", '{"ulysses": 2}', 2, None),
+        ("ana-r2", "analytic", "ring", '{"ring": 2}', 2, None),  # no real twin: left out
+        ("real-t2", "real", "tensor", '{"tensor": 2}', 2, 2.0),
+        ("ana-t2", "analytic", "tensor", '{"tensor": 2}', 2, None),
+    ]
+    rows = [{**base, "run_id": i, "world_mode": m, "strategy": s, "degrees": d,
+             "world_size": n, "latency_s": lat} for i, m, s, d, n, lat in runs]  # fmt: skip
+    proj = [  # projected on the source profile; an anchored and a bf16 row are not the check
+        {"run_id": "fake-u2", "hardware": "cpu", "latency_s": 1.1},
+        {"run_id": "ana-u2", "hardware": "cpu", "latency_s": 0.8},
+        {"run_id": "ana-r2", "hardware": "cpu", "latency_s": 0.7},
+        {"run_id": "ana-t2", "hardware": "cpu", "latency_s": 2.5},
+        {"run_id": "ana-t2", "hardware": "gpu", "latency_s": 0.01},
+        {"run_id": "ana-u2", "hardware": "cpu", "latency_s": 9.0, "anchored_to": "1 s"},
+        {"run_id": "fake-u2", "hardware": "cpu", "latency_s": 9.0, "projected_dtype": "bf16"},
+    ]
+    db = tmp_path / "results.db"
+    with ResultStore(db) as store:
+        store.save_rows("runs", rows)
+        store.save_rows("projection", [{"projected_dtype": "fp32", "anchored_to": None,
+                                        "anchor_scale": 1.0, **r} for r in proj])  # fmt: skip
+    val = validation(db, "cpu")
+    got = {(r.projected_from, r.strategy): (r.projected_latency_s, r.measured_latency_s,
+                                            r.error_pct) for r in val.itertuples()}  # fmt: skip
+    assert got == {
+        ("analytic", "tensor"): (2.5, 2.0, pytest.approx(25.0)),
+        ("analytic", "ulysses"): (0.8, 1.0, pytest.approx(-20.0)),
+        ("fake", "ulysses"): (1.1, 1.0, pytest.approx(10.0)),
+    }

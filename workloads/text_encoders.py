@@ -1,0 +1,58 @@
+"""The text encoders a preset's pipeline runs once per call, as architecture configs (transformers).
+
+Not part of the denoising loop diffscale times; a paper that times the whole pipeline call has
+them in its number. `analysis.stages` records them on the meta device and prices them with the
+operator model. Each entry: (transformers class, config, tokens per prompt, prompts encoded per
+call with classifier-free guidance).
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import torch
+
+from .presets import Preset, get_preset
+
+# google/t5-v1_1-xxl encoder (PixArt-alpha's text encoder; 4.76 B parameters), 120 tokens
+_T5_XXL = {"d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64, "num_layers": 24,
+           "vocab_size": 32128, "feed_forward_proj": "gated-gelu", "is_encoder_decoder": False}  # fmt: skip
+# openai/clip-vit-large-patch14 text tower (SDXL's text_encoder; 123 M)
+_CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+           "num_attention_heads": 12, "max_position_embeddings": 77, "vocab_size": 49408,
+           "hidden_act": "quick_gelu"}  # fmt: skip
+# laion CLIP ViT-bigG/14 text tower with projection (SDXL's text_encoder_2; 695 M)
+_CLIP_BIGG = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+              "num_attention_heads": 20, "max_position_embeddings": 77, "vocab_size": 49408,
+              "hidden_act": "gelu", "projection_dim": 1280}  # fmt: skip
+
+# family -> encoders: (class, config, tokens, prompts per call under CFG)
+# PixArtAlphaPipeline encodes the prompt and the (empty) negative prompt, 120 tokens each;
+# StableDiffusionXLPipeline zeroes an empty negative prompt (force_zeros_for_empty_prompt) and
+# encodes only the prompt, with both towers.
+TEXT_ENCODERS = MappingProxyType(
+    {
+        "pixart": (("T5EncoderModel", MappingProxyType(_T5_XXL), 120, 2),),
+        "unet": (
+            ("CLIPTextModel", MappingProxyType(_CLIP_L), 77, 1),
+            ("CLIPTextModelWithProjection", MappingProxyType(_CLIP_BIGG), 77, 1),
+        ),
+    }
+)
+
+
+def text_encoders(preset: Preset | str) -> tuple:
+    """The (class, config, tokens, prompts) entries of `preset`'s pipeline (empty if unknown)."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    return () if p.tiny else TEXT_ENCODERS.get(p.family, ())
+
+
+def meta_text_encoder(cls_name: str, config, dtype: torch.dtype) -> torch.nn.Module:
+    """A transformers text encoder on the meta device (shapes only), in `dtype`."""
+    import transformers
+
+    cls = getattr(transformers, cls_name)
+    config_cls = transformers.T5Config if cls_name.startswith("T5") else transformers.CLIPTextConfig
+    with torch.device("meta"):
+        model = cls(config_cls(**dict(config)))
+    return model.to(dtype).eval()

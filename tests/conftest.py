@@ -32,6 +32,13 @@ def world2():
 
 
 @pytest.fixture(scope="session")
+def world3():
+    world = _world(3)  # an odd world: uneven tensor-parallel shares
+    yield world
+    world.close()
+
+
+@pytest.fixture(scope="session")
 def world4():
     world = _world(4)  # 4 ranks on 2 cores: for correctness, never for timing
     yield world

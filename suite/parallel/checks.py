@@ -194,32 +194,36 @@ def head_counts(preset) -> list[int]:
 
 
 def validate_tensor(spec, preset) -> list[str]:
-    """Degrees that cannot shard this model, in sentences."""
+    """Degrees that cannot shard this model, in sentences.
+
+    UNet (DistriFusion's baseline on SDXL, whose layers attend with 10 and 20 heads): heads and
+    GroupNorm groups may split unevenly, so any degree up to the smallest of them works. The
+    other families split evenly: their fused layers (Flux's single-stream proj_out) assume equal
+    shares, and no paper's baseline needs more.
+    """
     n = dict(spec.degrees).get("tensor", 1)
-    problems = []
     if preset.family not in PLANS:
         return [f"family {preset.family} has no tensor-parallel plan"]
-    bad = [h for h in head_counts(preset) if h % n]
-    if bad:
-        problems.append(
+    heads = head_counts(preset)
+    if preset.family != "unet":
+        bad = [h for h in heads if h % n]
+        if not bad:
+            return []
+        allowed = [d for d in range(1, min(heads) + 1) if all(h % d == 0 for h in heads)]
+        return [
             f"tensor degree {n} does not divide the attention head count(s) {bad} of "
-            f"{preset.name}; the degree must divide every layer's head count "
-            f"{head_counts(preset)}"
-        )
-    if preset.family == "unet":
-        groups = preset.config["norm_num_groups"]
-        channels = list(preset.config["block_out_channels"])
-        if groups % n:
-            problems.append(
-                f"tensor degree {n} does not divide the {groups} GroupNorm groups of "
-                f"{preset.name}; ResNet norms are split by groups"
-            )
-        if any(c % n for c in channels):
-            problems.append(
-                f"tensor degree {n} does not divide the channel counts {channels} of "
-                f"{preset.name}; ResNet convolutions are split by channels"
-            )
-    return problems
+            f"{preset.name}; the degree must divide every layer's head count {heads}; "
+            f"allowed tensor degrees: {', '.join(map(str, allowed))}"
+        ]
+    groups = preset.config["norm_num_groups"]
+    limit = min(*heads, groups)
+    if n <= limit:
+        return []
+    return [
+        f"tensor degree {n} exceeds what {preset.name} can split: every rank needs at least one "
+        f"head of each attention layer (head counts {heads}) and one of the {groups} GroupNorm "
+        f"groups of each ResNet block; allowed tensor degrees: 1 to {limit}"
+    ]
 
 
 # -- diffusers_cp, diffusers_tp ----------------------------------------------------------------

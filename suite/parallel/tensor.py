@@ -1,8 +1,8 @@
 """Tensor parallelism (Megatron-LM, Shoeybi et al. 2019) over the mesh's 'tensor' axis.
 
-Every rank sees all tokens and keeps 1/n of each split layer:
+Every rank sees all tokens and keeps its share of each split layer:
 - attention: Q/K/V projections (and the text-stream add_*_proj of joint attention) split by
-  output features = by heads; each rank attends with its H/n heads; the output projections
+  output features = by heads; each rank attends with its heads; the output projections
   (to_out.0, to_add_out) split by input features, then one all-reduce of the output;
 - MLP: first linear split by output features (GEGLU: both halves, so each rank keeps matching
   hidden and gate columns), second by input features, then one all-reduce; Flux's single-stream
@@ -12,6 +12,11 @@ Every rank sees all tokens and keeps 1/n of each split layer:
   then one all-reduce.
 Norms, adaLN modulation, embeddings, convolutions in/out and the UNet's proj_in/proj_out stay
 replicated. Biases of split-by-input layers are added once, after the all-reduce.
+
+Shares are contiguous and cut in whole units (heads, GroupNorm groups, features); where n does
+not divide a count, the first count % n ranks take one unit more (SDXL's 10 heads over 8 ranks:
+2, 2, 1, 1, 1, 1, 1, 1). Every all-reduce is of the full output, so uneven shares move the same
+bytes as even ones; validation keeps n at most the smallest count, so no rank holds nothing.
 
 Per DiT block: one all-reduce of B x S x hidden per attention output and per MLP, i.e. the
 design table's 4 * O(p * hs) * L counted in bus bytes (all-reduce factor 2).
@@ -56,15 +61,21 @@ class RowParallel(nn.Module):
         return y + (self.bias[:, None, None] if self.is_conv else self.bias)
 
 
-def _columns(width: int, rank: int, n: int, packed: int = 1) -> torch.Tensor:
-    """Indices of this rank's share of `width` features made of `packed` equal parts."""
+def _span(units: int, rank: int, n: int) -> tuple[int, int]:
+    """[start, stop) of this rank's contiguous share of `units` (heads, groups, features); the
+    first units % n ranks take one more, as torch.tensor_split cuts."""
+    share, extra = divmod(units, n)
+    start = rank * share + min(rank, extra)
+    return start, start + share + (rank < extra)
+
+
+def _columns(width: int, rank: int, n: int, packed: int = 1, unit: int = 1) -> torch.Tensor:
+    """Indices of this rank's share of `width` features made of `packed` equal parts, each part
+    cut in whole `unit`s (a head's features, a GroupNorm group's channels)."""
     part = width // packed
-    share = part // n
+    lo, hi = _span(part // unit, rank, n)
     return torch.cat(
-        [
-            torch.arange(j * part + rank * share, j * part + (rank + 1) * share)
-            for j in range(packed)
-        ]
+        [torch.arange(j * part + lo * unit, j * part + hi * unit) for j in range(packed)]
     )
 
 
@@ -80,14 +91,15 @@ def _shard_out(module: nn.Module, index: torch.Tensor) -> None:
 
 
 def _split_group_norm(norm: nn.GroupNorm, rank: int, n: int) -> nn.GroupNorm:
-    """This rank's groups: channels [rank * C/n, (rank+1) * C/n) hold exactly G/n groups."""
-    c = norm.num_channels // n
-    part = nn.GroupNorm(norm.num_groups // n, c, eps=norm.eps, affine=False)
+    """This rank's share of the groups, with their channels (groups are independent, so each
+    rank normalizes its own exactly as the whole norm would)."""
+    per = norm.num_channels // norm.num_groups
+    lo, hi = _span(norm.num_groups, rank, n)
+    part = nn.GroupNorm(hi - lo, (hi - lo) * per, eps=norm.eps, affine=False)
     if norm.affine:
-        part.weight = nn.Parameter(
-            norm.weight[rank * c : (rank + 1) * c].clone(), requires_grad=False
-        )
-        part.bias = nn.Parameter(norm.bias[rank * c : (rank + 1) * c].clone(), requires_grad=False)
+        keep = slice(lo * per, hi * per)
+        part.weight = nn.Parameter(norm.weight[keep].clone(), requires_grad=False)
+        part.bias = nn.Parameter(norm.bias[keep].clone(), requires_grad=False)
         part.affine = True
     return part
 
@@ -100,16 +112,17 @@ def _set(model: nn.Module, path: str, module: nn.Module) -> None:
 def _shard_attention(model: nn.Module, path: str, rank: int, n: int, row) -> None:
     """Q/K/V (and text-stream) projections by heads, output projections by input features."""
     attn = model.get_submodule(path)
+    head = attn.processor.head_dim  # cut in whole heads: a rank attends with the heads it holds
     for name in _ATTN_COLUMN:
         lin = getattr(attn, name, None)
         if lin is not None:
-            _shard_out(lin, _columns(lin.out_features, rank, n))
+            _shard_out(lin, _columns(lin.out_features, rank, n, unit=head))
     to_out = getattr(attn, "to_out", None)
     if to_out is not None:
-        row(f"{path}.to_out.0", to_out[0], _columns(to_out[0].in_features, rank, n))
+        row(f"{path}.to_out.0", to_out[0], _columns(to_out[0].in_features, rank, n, unit=head))
     add_out = getattr(attn, "to_add_out", None)
     if add_out is not None:
-        row(f"{path}.to_add_out", add_out, _columns(add_out.in_features, rank, n))
+        row(f"{path}.to_add_out", add_out, _columns(add_out.in_features, rank, n, unit=head))
 
 
 def _shard_resnet(res: nn.Module, path: str, rank: int, n: int, row) -> None:
@@ -117,7 +130,9 @@ def _shard_resnet(res: nn.Module, path: str, rank: int, n: int, row) -> None:
     channels (DistriFusion's tensor-parallel ResNet)."""
     if res.time_embedding_norm != "default":
         raise NotImplementedError(f"{path}: time_embedding_norm {res.time_embedding_norm}")
-    index = _columns(res.conv1.out_channels, rank, n)
+    # conv1's output channels in whole groups of norm2, so that each rank's norm2 is exact
+    per_group = res.conv1.out_channels // res.norm2.num_groups
+    index = _columns(res.conv1.out_channels, rank, n, unit=per_group)
     _shard_out(res.conv1, index)
     if res.time_emb_proj is not None:
         _shard_out(res.time_emb_proj, index)

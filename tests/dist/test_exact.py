@@ -1,4 +1,4 @@
-"""Output-preserving strategies on gloo worlds of 2 and 4: outputs vs the single device, ledger
+"""Output-preserving strategies on gloo worlds of 2, 3 and 4: outputs vs the single device, ledger
 bytes per step vs the analytic formulas of each model.
 
 One world call per world size runs every case through the harness (`suite.runner.execute`:
@@ -34,12 +34,15 @@ CASES_4 = [
     ("cfg+ring", "dit", {"cfg": 2, "ring": 2}),
     ("cfg+ring", "pixart", {"cfg": 2, "ring": 2}),
     ("cfg+tensor", "sdxl", {"cfg": 2, "tensor": 2}),
+    ("tensor", "sdxl", {"tensor": 4}),
     ("usp", "pixart", {"ring": 2, "ulysses": 2}),
     ("usp", "sd3", {"ring": 2, "ulysses": 2}),
     ("ulysses+ring", "flux", {"ring": 2, "ulysses": 2}),
     ("ulysses", "dit", {"ulysses": 4}),
     ("ring", "flux", {"ring": 4}),
 ]
+# uneven tensor-parallel shares: tiny-sdxl's 4 heads as 2, 1, 1 and 8 GroupNorm groups as 3, 3, 2
+CASES_3 = [("tensor", "sdxl", {"tensor": 3})]
 # the library cannot run these here: stored as skipped with its reason
 SKIPPED_2 = [
     ("diffusers_cp", "pixart", {"ulysses": 2}, "no context-parallel plan"),
@@ -180,6 +183,12 @@ def results2(world2):
 
 
 @pytest.fixture(scope="module")
+def results3(world3):
+    got = world3.call(run_cases, [_spec(*c) for c in CASES_3], timeout_s=600)
+    return {_key(c): [rank[i] for rank in got] for i, c in enumerate(CASES_3)}
+
+
+@pytest.fixture(scope="module")
 def results4(world4):
     got = world4.call(run_cases, [_spec(*c) for c in CASES_4], timeout_s=600)
     return {_key(c): [rank[i] for rank in got] for i, c in enumerate(CASES_4)}
@@ -218,6 +227,11 @@ def _check(case, per_rank):
 @pytest.mark.parametrize("case", CASES_2, ids=_key)
 def test_world2_matches_single_device_and_ledger(case, results2):
     _check(case, results2[_key(case)])
+
+
+@pytest.mark.parametrize("case", CASES_3, ids=_key)
+def test_world3_matches_single_device_and_ledger(case, results3):
+    _check(case, results3[_key(case)])
 
 
 @pytest.mark.parametrize("case", CASES_4, ids=_key)

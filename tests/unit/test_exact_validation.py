@@ -36,12 +36,19 @@ def _parse(strategy: str, workload: str, degrees: dict, px=256, **settings):
         ("usp", "tiny-sd3-medium", {"ring": 2, "ulysses": 8}, 256, {},
          r"ulysses degree 8 does not divide the 4 attention heads"),
         ("tensor", "tiny-flux-dev", {"tensor": 8}, 256, {},
-         r"tensor degree 8 does not divide the attention head count\(s\) \[4\]"),
-        ("tensor", "tiny-sdxl", {"tensor": 3}, 256, {},
-         r"tensor degree 3 does not divide the 8 GroupNorm groups of tiny-sdxl"),
+         r"tensor degree 8 does not divide the attention head count\(s\) \[4\] of "
+         r"tiny-flux-dev; .*allowed tensor degrees: 1, 2, 4$"),
+        ("tensor", "tiny-pixart-alpha", {"tensor": 3}, 256, {},
+         r"tensor degree 3 does not divide the attention head count\(s\) \[4\]"),
+        # UNets split unevenly, but every rank needs a head of each layer and a GroupNorm group
+        ("tensor", "tiny-sdxl", {"tensor": 5}, 256, {},
+         r"tensor degree 5 exceeds what tiny-sdxl can split: every rank needs at least one head "
+         r"of each attention layer \(head counts \[4\]\) and one of the 8 GroupNorm groups .*"
+         r"allowed tensor degrees: 1 to 4$"),
         # SDXL attends at 10 and 20 heads (its first level, 5 heads, has no attention)
-        ("tensor", "sdxl", {"tensor": 4}, 1024, {},
-         r"tensor degree 4 does not divide the attention head count\(s\) \[10\]"),
+        ("tensor", "sdxl", {"tensor": 16}, 1024, {},
+         r"tensor degree 16 exceeds what sdxl can split: .*\(head counts \[10, 20\]\) and one "
+         r"of the 32 GroupNorm groups .*allowed tensor degrees: 1 to 10$"),
         ("cfg", "tiny-flux-dev", {"cfg": 2}, 256, {},
          r"tiny-flux-dev runs no unconditional branch \(preset cfg=False"),
         ("cfg", "tiny-pixart-alpha", {"cfg": 2}, 256, {"guidance": 1.0},
@@ -66,10 +73,19 @@ def test_impossible_degrees_are_rejected_before_start(
         _parse(strategy, workload, degrees, px, **settings)
 
 
-def test_sdxl_tensor_degree_2_is_accepted():
-    # the levels that attend have 10 and 20 heads; the 5 of the first level never attend
-    (spec,) = _parse("tensor", "sdxl", {"tensor": 2}, 1024).runs
-    assert dict(spec.degrees) == {"tensor": 2}
+@pytest.mark.parametrize(
+    "workload, degree",
+    [
+        # DistriFusion's TP baseline: 2, 4, 8 devices. The levels that attend have 10 and 20
+        # heads (the 5 of the first level never attend): 4 and 8 split them unevenly
+        ("sdxl", 2), ("sdxl", 4), ("sdxl", 8),
+        ("small-sdxl", 3), ("small-sdxl", 8),  # 8 heads, 32 groups
+        ("tiny-sdxl", 3), ("tiny-sdxl", 4),  # 4 heads, 8 groups
+    ],
+)  # fmt: skip
+def test_unet_tensor_degrees_up_to_the_smallest_head_count_are_accepted(workload, degree):
+    (spec,) = _parse("tensor", workload, {"tensor": degree}, 1024).runs
+    assert dict(spec.degrees) == {"tensor": degree}
 
 
 def test_degrees_must_multiply_to_the_world_size():

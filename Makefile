@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format clean
+.PHONY: demo test test-fast lint format clean papers validation
 
 # The venv is rebuilt when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -21,6 +21,15 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q tests/unit
+
+# Every paper table (configs/papers/, papers/*.csv) -> reports/papers/; runs stored are reused.
+papers: $(STAMP)
+	$(BIN)/diffscale reproduce all --anchor single-device
+
+# The projection's validation ladder -> reports/projection_gpu/VALIDATION.md (after `make papers`
+# and the projection_cpu sweep: see the README's "How accurate is a projection").
+validation: $(STAMP)
+	$(BIN)/python benchmarks/projection_validation.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check suite workloads analysis benchmarks tests

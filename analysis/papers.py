@@ -8,6 +8,8 @@ metric with its reference, unit and value, the experiment in `configs/papers/` t
 it, and its provenance: `source` says where the number was read, `checked` whether it was
 compared with a primary source (`checked_against`: the paper, or the authors' own repository
 files, with commit), `note` what agrees or disagrees and the paper's measurement conventions.
+`timed` says what a latency covers: the loop, the prompt encoding too, or the whole pipeline call
+with the VAE decode.
 
 `load_papers()` validates every row and reports every problem at once (file, line, column, value,
 what is allowed). Torch-free: it reads the strategy registry and the preset list only.
@@ -44,6 +46,7 @@ COLUMNS = (
     "guidance",  # empty where the paper does not say (or the model takes none)
     "dtype",
     "batch",  # images per denoising loop
+    "timed",  # what a latency covers (TIMED); empty for fidelity metrics
     "hardware",  # the system as the paper describes it
     "hardware_profile",  # configs/hardware/<name>.yaml that models it; empty if none
     "devices",
@@ -71,6 +74,10 @@ METRIC_UNITS = {
     "comm_share_pct": "%",  # share of the latency spent communicating
 }
 FIDELITY_METRICS = ("psnr", "lpips", "fid")
+# What a paper's timed call covers, from its measurement code: the denoising loop alone, the
+# prompt encoding and the loop (DistriFusion, PipeFusion's legacy code: output_type latent), or
+# the whole pipeline call with the VAE decode (xDiT's examples: output_type pil)
+TIMED = ("loop", "loop+text", "pipeline")
 REFERENCES = ("original", "ground_truth")
 STATUSES = ("reported", "oom")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -219,6 +226,10 @@ def _row_problems(row: dict[str, str], stem: str, experiments: set[str] | None) 
         out.append(f"metric: {metric!r}; known: {', '.join(METRIC_UNITS)}")
     elif row["unit"] != METRIC_UNITS[metric]:
         out.append(f"unit: {row['unit']!r} for {metric}; it is {METRIC_UNITS[metric]!r}")
+    if metric in FIDELITY_METRICS and row["timed"]:
+        out.append(f"timed: {row['timed']!r}; a fidelity metric times nothing (leave it empty)")
+    if metric not in FIDELITY_METRICS and row["timed"] not in TIMED:
+        out.append(f"timed: {row['timed']!r} for {metric}; allowed: {', '.join(TIMED)}")
     if metric in FIDELITY_METRICS and row["reference"] not in REFERENCES:
         out.append(f"reference: {row['reference']!r} for {metric}; allowed: {REFERENCES}")
     if metric not in FIDELITY_METRICS and row["reference"]:

@@ -497,7 +497,7 @@ def _is_analytic(run, trace) -> bool:
     return run.world_mode == "analytic" and "ops" in trace.files
 
 
-class _Store:
+class StoreTraces:
     """The ok runs of a store, their traces (loaded once) and their analytic twins."""
 
     def __init__(self, store, source: Profile):
@@ -575,7 +575,7 @@ def _dtype_or_fail(profile: Profile, key: str, why: str) -> None:
         raise ProjectionInputError(f"{why}: {e}") from None
 
 
-def _project(ctx: _Store, run, target: Profile, dtype: str | None, scale: float) -> dict:
+def project_one(ctx: StoreTraces, run, target: Profile, dtype: str | None, scale: float) -> dict:
     """One run on one target: the projection row (without its anchor columns)."""
     trace = ctx.trace(run)
     world, degrees = int(run.world_size), json.loads(run.degrees)
@@ -673,17 +673,17 @@ def project_store(
         )
     rows = []
     with ResultStore(Path(db_path)) as store:
-        ctx = _Store(store, src)
+        ctx = StoreTraces(store, src)
         scale, anchored_to = 1.0, None
         if anchor is not None:
             base, latency, label = ctx.anchor_baseline(anchor)
-            free = _project(ctx, base, targets[0], key, 1.0)["latency_s"]
+            free = project_one(ctx, base, targets[0], key, 1.0)["latency_s"]
             scale, anchored_to = latency / free, label
         for run in ctx.runs.itertuples():
             for target in targets:
                 if run.world_size > target.world_size:
                     continue
-                row = _project(ctx, run, target, key, scale)
+                row = project_one(ctx, run, target, key, scale)
                 row.update(anchored_to=anchored_to, anchor_scale=scale)
                 store.save_rows(
                     "projection",

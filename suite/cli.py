@@ -313,6 +313,28 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from suite.reproduce import ReproduceError, reproduce, resolve_names
+
+    try:
+        names = resolve_names(args.names)
+        measured = Path(args.measured) if args.measured else None
+        if measured is not None and not (measured / "results.db").is_file():
+            raise ReproduceError(f"--measured {args.measured}: no results.db there")
+    except ReproduceError as e:
+        return _errors([str(e)])
+    reproduce(
+        names,
+        measured=measured,
+        anchor=args.anchor == "single-device",
+        results_root=Path(args.results),
+        reports_root=Path(args.out),
+        progress=not args.no_progress,
+    )
+    print(f"index: {Path(args.out) / 'index.md'}")
+    return 0
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:,.1f}"
@@ -488,6 +510,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--rescore", action="store_true", help="score runs that already have fidelity rows too"
     )
     fid.set_defaults(func=_cmd_fidelity)
+
+    rep = sub.add_parser(
+        "reproduce",
+        help="a paper's tables: analytic runs projected on its hardware, beside its rows",
+        description="Reproduce published tables of DistriFusion, PipeFusion and xDiT: run the "
+        "experiment configs/papers/NAME.yaml in analytic worlds (into results/papers/NAME; runs "
+        "already stored are reused), project every run on the hardware profiles the paper's "
+        "rows (papers/*.csv) name, add the stages the paper times (prompt encoding, VAE "
+        "decode), and write reports/papers/NAME/index.md + index.html (the paper's value, ours, "
+        "ratio and error per row; speedup curves; median error and fastest-method agreement "
+        "per table) and reports/papers/index.md. All numbers of ours are PROJECTED unless "
+        "--measured supplies real runs.",
+    )
+    rep.add_argument("names", nargs="+", metavar="NAME", help="experiment name(s), or all")
+    rep.add_argument(
+        "--measured",
+        metavar="DIR",
+        help="results directory of real runs on the paper's hardware (e.g. a torchrun world of "
+        "GPUs); their measured loop latency replaces the projection where a run matches",
+    )
+    rep.add_argument(
+        "--anchor",
+        choices=("single-device",),
+        help="also show ours anchored: one compute scale per profile and workload so that our "
+        "single device equals the paper's single-device row (labelled anchored)",
+    )
+    rep.add_argument("--results", default="results/papers", help="where the runs are stored")
+    rep.add_argument("--out", default="reports/papers", help="where the pages go")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    rep.set_defaults(func=_cmd_reproduce)
     return parser
 
 

@@ -26,16 +26,22 @@ _CLIP_BIGG = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers
               "num_attention_heads": 20, "max_position_embeddings": 77, "vocab_size": 49408,
               "hidden_act": "gelu", "projection_dim": 1280}  # fmt: skip
 
-# family -> encoders: (class, config, tokens, prompts per call under CFG)
+# family -> encoders: (class, config, tokens, prompts per call under CFG); tokens None: the
+# preset's own text length (Flux: 256 T5 tokens for schnell, 512 for dev)
 # PixArtAlphaPipeline encodes the prompt and the (empty) negative prompt, 120 tokens each;
 # StableDiffusionXLPipeline zeroes an empty negative prompt (force_zeros_for_empty_prompt) and
-# encodes only the prompt, with both towers.
+# encodes only the prompt, with both towers; FluxPipeline encodes one prompt (no CFG branch)
+# with CLIP-L (pooled, 77 tokens) and T5-XXL.
 TEXT_ENCODERS = MappingProxyType(
     {
         "pixart": (("T5EncoderModel", MappingProxyType(_T5_XXL), 120, 2),),
         "unet": (
             ("CLIPTextModel", MappingProxyType(_CLIP_L), 77, 1),
             ("CLIPTextModelWithProjection", MappingProxyType(_CLIP_BIGG), 77, 1),
+        ),
+        "flux": (
+            ("CLIPTextModel", MappingProxyType(_CLIP_L), 77, 1),
+            ("T5EncoderModel", MappingProxyType(_T5_XXL), None, 1),
         ),
     }
 )
@@ -44,7 +50,12 @@ TEXT_ENCODERS = MappingProxyType(
 def text_encoders(preset: Preset | str) -> tuple:
     """The (class, config, tokens, prompts) entries of `preset`'s pipeline (empty if unknown)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
-    return () if p.tiny else TEXT_ENCODERS.get(p.family, ())
+    if p.tiny:
+        return ()
+    return tuple(
+        (cls, config, p.text_len if tokens is None else tokens, prompts)
+        for cls, config, tokens, prompts in TEXT_ENCODERS.get(p.family, ())
+    )
 
 
 def meta_text_encoder(cls_name: str, config, dtype: torch.dtype) -> torch.nn.Module:

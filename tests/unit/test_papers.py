@@ -204,3 +204,20 @@ def test_degrees_and_experiment_are_checked(tmp_path):
     # without a config directory the experiment is not checked
     with pytest.raises(PapersError, match="product 3"):
         load_papers(tmp_path, config_dir=None)
+
+
+def test_timed_says_what_a_latency_covers(rows, tmp_path):
+    timed = rows.groupby("paper")["timed"].agg(lambda s: set(s) - {""})
+    # DistriFusion and PipeFusion's legacy code time prompt encoding + loop (output_type latent);
+    # xDiT's examples the whole call with the VAE decode
+    assert timed["distrifusion"] == {"loop+text"} and timed["xdit"] == {"pipeline"}
+    assert (rows[rows.metric.isin(["psnr", "lpips", "fid"])]["timed"] == "").all()
+    good = pd.read_csv(PAPERS_DIR / "distrifusion.csv", dtype=str, keep_default_na=False)
+    bad = pd.concat([good[good.metric == "latency_s"].head(1), good[good.metric == "fid"].head(1)])
+    bad.iloc[0, bad.columns.get_loc("timed")] = ""
+    bad.iloc[1, bad.columns.get_loc("timed")] = "loop"
+    bad.to_csv(tmp_path / "distrifusion.csv", index=False)
+    with pytest.raises(PapersError) as err:
+        load_papers(tmp_path, config_dir=None)
+    assert "timed: '' for latency_s; allowed: loop, loop+text, pipeline" in str(err.value)
+    assert "timed: 'loop'; a fidelity metric times nothing" in str(err.value)

@@ -63,6 +63,17 @@ def test_text_encoders_are_recorded_per_prompt():
     assert len(text_encoder_ops("tiny-pixart-alpha")) == 0  # tiny presets name no encoder
 
 
+def test_flux_encodes_its_own_t5_length():
+    # FluxPipeline: CLIP-L on 77 tokens and T5-XXL on the preset's 256 (schnell) / 512 (dev)
+    assert [(c, t) for c, _, t, _ in text_encoders("flux-schnell")] == [
+        ("CLIPTextModel", 77),
+        ("T5EncoderModel", 256),
+    ]
+    assert text_encoders("flux-dev")[1][2] == 512
+    schnell, dev = (_flops(text_encoder_ops(p, cfg=False)) for p in ("flux-schnell", "flux-dev"))
+    assert 1.9 < dev / schnell < 2.1  # T5 dominates and scales with its tokens (CLIP fixed)
+
+
 def test_price_stage_sums_the_operator_model():
     from tests.unit.test_opmodel import _profile
 

@@ -43,15 +43,40 @@ def _table():
     paper = pd.DataFrame(
         [
             _paper(),
-            _paper(row_label="ring", method="Ring", devices=8, strategy="ring",
-                   degrees='{"ring": 8}', value=0.5),  # fmt: skip
+            _paper(
+                row_label="ring",
+                method="Ring",
+                devices=8,
+                strategy="ring",
+                degrees='{"ring": 8}',
+                value=0.5,
+            ),  # fmt: skip
             # degrees unstated: the fastest of our pipefusion runs at 8 devices answers
-            _paper(row_label="pipe", method="PipeFusion", devices=8, strategy="pipefusion",
-                   degrees="", value=0.4),  # fmt: skip
-            _paper(row_label="pipe", method="PipeFusion", devices=8, strategy="pipefusion",
-                   degrees="", metric="speedup", value=5.0),  # fmt: skip
-            _paper(row_label="tp", method="TP", devices=8, strategy="tensor", value=1.0,
-                   degrees='{"tensor": 8}'),  # fmt: skip
+            _paper(
+                row_label="pipe",
+                method="PipeFusion",
+                devices=8,
+                strategy="pipefusion",
+                degrees="",
+                value=0.4,
+            ),  # fmt: skip
+            _paper(
+                row_label="pipe",
+                method="PipeFusion",
+                devices=8,
+                strategy="pipefusion",
+                degrees="",
+                metric="speedup",
+                value=5.0,
+            ),  # fmt: skip
+            _paper(
+                row_label="tp",
+                method="TP",
+                devices=8,
+                strategy="tensor",
+                value=1.0,
+                degrees='{"tensor": 8}',
+            ),  # fmt: skip
         ]
     )
     ours = pd.DataFrame(

@@ -159,11 +159,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_workloads(args: argparse.Namespace) -> int:
     from suite.settings import parse_resolution
-    from workloads.limits import check_resolution, resolution_rule
     from workloads.presets import PRESETS
+    from workloads.video_size import check_size, format_size
+    from workloads.video_size import size_rule as resolution_rule
 
     presets = [p for p in PRESETS.values() if args.tiny in (None, p.name.startswith("tiny-"))]
-    height = width = None
+    height = width = frames = None
     if args.resolution is not None:
         text = args.resolution.strip()
         parsed = parse_resolution(int(text) if text.isdigit() else text)
@@ -171,19 +172,22 @@ def _cmd_workloads(args: argparse.Namespace) -> int:
             return _errors(
                 [
                     f"--resolution {args.resolution!r}: write pixels as a positive int (a "
-                    "square) or HxW, e.g. 1024 or 768x1344"
+                    "square) or HxW, e.g. 1024 or 768x1344, or a clip as FxHxW, e.g. 81x480x832"
                 ]
             )
-        height, width = parsed
+        height, width = parsed[-2:]
+        frames = parsed[0] if len(parsed) == 3 else None
         rules: dict[str, list[str]] = {}  # what each rejecting preset accepts
         for p in presets:
             try:
-                check_resolution(p, height, width)
+                check_size(p, parsed)
             except ValueError:
                 rules.setdefault(resolution_rule(p), []).append(p.name)
         refused = [f"  {', '.join(names)}: {rule}" for rule, names in rules.items()]
         if refused and sum(map(len, rules.values())) == len(presets):
-            head = f"--resolution {text}: no preset listed accepts {height}x{width}; they accept:"
+            head = (
+                f"--resolution {text}: no preset listed accepts {format_size(parsed)}; they accept:"
+            )
             return _errors(["\n".join([head, *refused])])
         if refused:
             print(f"note: --resolution {text}: left out (they accept):", file=sys.stderr)
@@ -191,7 +195,7 @@ def _cmd_workloads(args: argparse.Namespace) -> int:
         presets = [p for p in presets if not any(p.name in n for n in rules.values())]
     import workloads
 
-    rows = workloads.describe_presets(height, width, names=[p.name for p in presets])
+    rows = workloads.describe_presets(height, width, [p.name for p in presets], frames)
     cols = list(rows[0]) if rows else []
     widths = {c: max(len(c), *(len(_fmt(r[c])) for r in rows)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols))
@@ -248,7 +252,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             for d, pts in by_dim.items():
                 rates = ", ".join(f"{p['s_kv']}: {p['tflops'] * 1e3:.3g}" for p in pts)
                 print(f"  attention   {dtype} head dim {d}: GFLOP/s by S {rates}")
-        for cls in ("norm", "elementwise", "memory", "activation"):
+        for cls in ("norm", "elementwise", "memory", "activation", "gelu"):
             rates = ", ".join(f"{p['gb_s']:.3g}" for p in curves.get(cls, []))
             print(f"  {cls:11s} GB/s {rates} (by size)")
     return 0
@@ -336,6 +340,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _fmt(v) -> str:
+    if v is None:  # e.g. an image preset's frames
+        return "-"
     if isinstance(v, float):
         return f"{v:,.1f}"
     return str(v)
@@ -415,7 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="List presets; FLOPs per denoising step are counted on the meta device "
         "(no memory used) at --resolution, or at each preset's native resolution.",
     )
-    wl.add_argument("--resolution", help="pixels: an int (square) or HxW")
+    wl.add_argument(
+        "--resolution",
+        help="pixels: an int (square) or HxW; FxHxW (frames x height x width) for video presets",
+    )
     group = wl.add_mutually_exclusive_group()
     group.add_argument(
         "--tiny", dest="tiny", action="store_true", default=None, help="tiny presets only"

@@ -13,6 +13,7 @@ from .limits import check_resolution
 from .models import packaged_model, pretrained_model, random_model
 from .presets import Preset, get_preset
 from .schedulers import check_scheduler, make_scheduler
+from .video_size import check_video_size
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Workload:
     height: int  # pixels
     width: int  # pixels
     steps: int
+    frames: int = 0  # video presets: frames of the clip (0: an image)
 
     def new_scheduler(self) -> SchedulerMixin:
         """A fresh solver for one denoising loop."""
@@ -47,15 +49,24 @@ def build(
     scheduler: str | None = None,
     guidance: float | None = None,
     weights: str | None = None,
+    frames: int | None = None,
 ) -> Workload:
-    """Build preset `preset` for `batch` images of height x width pixels.
+    """Build preset `preset` for `batch` images of height x width pixels, or for a video preset
+    `batch` clips of `frames` x height x width (None: the preset's default clip length).
 
     Same seed -> bitwise identical parameters (per device type) and inputs in every process.
     weights: a saved model directory, a pipeline directory or a hub id; None: the preset's
     packaged trained weights (workloads/weights/) if it names some, else random init.
     """
     p = get_preset(preset)
-    check_resolution(p, height, width)
+    if p.video:
+        frames = p.native_frames if frames is None else frames
+        check_video_size(p, frames, height, width)
+    elif frames:
+        raise ValueError(f"frames={frames!r}: preset {p.name!r} is an image model")
+    else:
+        frames = 0
+        check_resolution(p, height, width)
     steps = p.default_steps if steps is None else steps
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} must be an integer >= 1")
@@ -75,7 +86,7 @@ def build(
     else:
         model = pretrained_model(p, weights, device, dtype)
     model.eval().requires_grad_(False)
-    inputs = make_inputs(p, height, width, batch, seed, guidance).to(device, dtype)
+    inputs = make_inputs(p, height, width, batch, seed, guidance, frames).to(device, dtype)
     return Workload(
         preset=p,
         model=model,
@@ -86,4 +97,5 @@ def build(
         height=height,
         width=width,
         steps=steps,
+        frames=frames,
     )

@@ -90,6 +90,22 @@ def _flux(x: Tensor, t: Tensor, c: Cond) -> dict:
     )
 
 
+def _wan(x: Tensor, t: Tensor, c: Cond) -> dict:
+    return dict(hidden_states=x, timestep=t, encoder_hidden_states=c["encoder_hidden_states"])
+
+
+def _hunyuanvideo(x: Tensor, t: Tensor, c: Cond) -> dict:
+    return dict(
+        hidden_states=x,
+        timestep=t.to(x.dtype),
+        encoder_hidden_states=c["encoder_hidden_states"],
+        encoder_attention_mask=c["encoder_attention_mask"],
+        pooled_projections=c["pooled_projections"],
+        # unlike Flux, the model does not scale the guidance itself (the pipeline passes x1000)
+        guidance=c["guidance"] * 1000.0,
+    )
+
+
 _KWARGS: dict[str, Callable[[Tensor, Tensor, Cond], dict]] = {
     "unet": _unet,
     "pixart": _pixart,
@@ -97,6 +113,8 @@ _KWARGS: dict[str, Callable[[Tensor, Tensor, Cond], dict]] = {
     "sd3": _sd3,
     "flux": _flux,
     "unet2d": _unet2d,
+    "wan": _wan,
+    "hunyuanvideo": _hunyuanvideo,
 }
 
 
@@ -116,16 +134,23 @@ class Denoiser(torch.nn.Module):
         t = timestep.to(sample.device).reshape(-1)
         if t.numel() == 1:
             t = t.expand(sample.shape[0])
+        if self.preset.family == "cogvideox":
+            from .cogvideox import cogvideox_kwargs
+
+            return cogvideox_kwargs(self.preset, sample, t, cond)
         return _KWARGS[self.preset.family](sample, t, cond)
 
     def model_output(self, out: Tensor, sample: Tensor) -> Tensor:
         """The model's raw output as a (N, C, h, w) prediction like `sample`."""
         if self.preset.family == "flux":
             out = unpack_latents(out, sample.shape[2], sample.shape[3])
+        elif self.preset.family == "cogvideox":
+            out = out.transpose(1, 2)  # (B, F, C, h, w) -> (B, C, F, h, w)
         # learned-sigma models append C variance channels the deterministic solvers do not use
         return out[:, : sample.shape[1]]
 
     def forward(self, sample: Tensor, timestep: Tensor, cond: Cond) -> Tensor:
-        """Prediction (N, C, h, w) for latent `sample` (N, C, h, w) at `timestep` (0-d or (N,))."""
+        """Prediction (N, C, h, w) for latent `sample` (N, C, h, w) at `timestep` (0-d or (N,));
+        video: (N, C, frames, h, w) in and out."""
         out = self.model(**self.model_kwargs(sample, timestep, cond), return_dict=False)[0]
         return self.model_output(out, sample)

@@ -12,17 +12,23 @@ import torch
 
 from .presets import Preset
 
-# Conditioning that is the same for both CFG branches (sizes, guidance), not drawn per prompt.
-_SHARED_KEYS = ("time_ids", "resolution", "aspect_ratio", "guidance")
+# Conditioning that is the same for both CFG branches (sizes, guidance, the text mask), not drawn
+# per prompt.
+_SHARED_KEYS = ("time_ids", "resolution", "aspect_ratio", "guidance", "encoder_attention_mask")
 
-_POOLED_KEY = {"unet": "text_embeds", "sd3": "pooled_projections", "flux": "pooled_projections"}
+_POOLED_KEY = {
+    "unet": "text_embeds",
+    "sd3": "pooled_projections",
+    "flux": "pooled_projections",
+    "hunyuanvideo": "pooled_projections",
+}
 
 
 @dataclass
 class Inputs:
     """Initial noise and per-sample conditioning; every tensor has the batch dim first."""
 
-    latents: torch.Tensor  # (B, C, h, w), N(0, 1), not yet scaled by init_noise_sigma
+    latents: torch.Tensor  # (B, C, h, w) or video (B, C, frames, h, w), N(0, 1), unscaled
     cond: dict[str, torch.Tensor]
     uncond: dict[str, torch.Tensor] | None = None  # None: no CFG branch runs
 
@@ -64,9 +70,16 @@ class Inputs:
 
 
 def make_inputs(
-    preset: Preset, height: int, width: int, batch: int, seed: int, guidance: float
+    preset: Preset,
+    height: int,
+    width: int,
+    batch: int,
+    seed: int,
+    guidance: float,
+    frames: int = 0,
 ) -> Inputs:
-    """Seeded float32 CPU inputs for `batch` images of height x width pixels.
+    """Seeded float32 CPU inputs for `batch` images of height x width pixels (clips of `frames`
+    frames for a video preset: latents (B, C, latent frames, h, w)).
 
     Drawn on CPU from one generator, so every rank of a world (any device) gets the same values.
     The unconditional branch (negative prompt) is present when the preset uses CFG and
@@ -74,7 +87,10 @@ def make_inputs(
     """
     gen = torch.Generator("cpu").manual_seed(seed)
     h, w = height // preset.vae_scale_factor, width // preset.vae_scale_factor
-    latents = torch.randn(batch, preset.latent_channels, h, w, generator=gen)
+    grid = (h, w)
+    if preset.video:
+        grid = ((frames - 1) // preset.temporal_compression + 1, h, w)
+    latents = torch.randn(batch, preset.latent_channels, *grid, generator=gen)
     use_cfg = preset.cfg and guidance > 1.0
     cond = _conditioning(preset, height, width, batch, guidance, gen, null=False)
     uncond = (
@@ -113,6 +129,10 @@ def _conditioning(
     elif preset.family == "flux" and preset.config.get("guidance_embeds", False):
         # guidance-distilled (dev): the scale is a model input; schnell has no such embedding
         cond["guidance"] = torch.tensor([guidance]).float()
+    elif preset.family == "hunyuanvideo":
+        cond["guidance"] = torch.tensor([guidance]).float()  # guidance-distilled, as flux-dev
+        # prompts fill the text length: no padding, so joint attention needs no mask
+        cond["encoder_attention_mask"] = torch.ones(1, preset.text_len)
     for key in _SHARED_KEYS:
         if key in cond:
             cond[key] = cond[key].expand(batch, *cond[key].shape[1:]).clone()

@@ -7,8 +7,18 @@ from __future__ import annotations
 
 from .presets import Preset
 
-SCHEDULERS: tuple[str, ...] = ("ddim", "dpm-solver++", "euler", "flow-match-euler")
+SCHEDULERS: tuple[str, ...] = (
+    "ddim",
+    "dpm-solver++",
+    "euler",
+    "flow-match-euler",
+    "cogvideox-ddim",
+)
 FLOW_SCHEDULERS: tuple[str, ...] = ("flow-match-euler",)
+# CogVideoX: v-prediction on a zero-terminal-SNR schedule. Its own DDIM, and the deterministic
+# DPM-Solver++ on the same schedule (CogVideoX's DPM scheduler draws fresh noise every step, so
+# no parallel run could match the single device's; see workloads/schedulers.py)
+COGVIDEOX_SCHEDULERS: tuple[str, ...] = ("cogvideox-ddim", "dpm-solver++")
 
 # Length of every family's training noise schedule (the solvers' num_train_timesteps).
 NUM_TRAIN_TIMESTEPS = 1000
@@ -22,7 +32,9 @@ def allowed_schedulers(preset: Preset) -> tuple[str, ...]:
     """Solvers that match the preset's prediction type (velocity vs noise)."""
     if preset.flow_matching:
         return FLOW_SCHEDULERS
-    return tuple(s for s in SCHEDULERS if s not in FLOW_SCHEDULERS)
+    if preset.family == "cogvideox":
+        return COGVIDEOX_SCHEDULERS
+    return tuple(s for s in SCHEDULERS if s not in FLOW_SCHEDULERS and s != "cogvideox-ddim")
 
 
 def check_scheduler(name: str, preset: Preset) -> None:
@@ -32,6 +44,8 @@ def check_scheduler(name: str, preset: Preset) -> None:
     allowed = allowed_schedulers(preset)
     if name not in allowed:
         kind = "flow-matching" if preset.flow_matching else "noise-prediction"
+        if preset.family == "cogvideox":
+            kind = "zero-terminal-SNR v-prediction"
         raise ValueError(
             f"scheduler={name!r} does not fit preset {preset.name!r} ({kind} model); "
             f"allowed for it: {', '.join(allowed)}"

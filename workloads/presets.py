@@ -16,7 +16,9 @@ from types import MappingProxyType
 from typing import Any
 
 # unet2d: diffusers UNet2DModel, class-conditional, no text (the trained-tiny-unet preset)
-FAMILIES = ("unet", "pixart", "dit", "sd3", "flux", "unet2d")
+# video families (workloads/video_presets.py): latents (B, C, frames, h, w)
+VIDEO_FAMILIES = ("wan", "hunyuanvideo", "cogvideox")
+FAMILIES = ("unet", "pixart", "dit", "sd3", "flux", "unet2d", *VIDEO_FAMILIES)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,16 @@ class Preset:
     scheduler_config: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
+    # video presets: frames per latent frame of the VAE (0: an image model), the default clip's
+    # frames and width (native_resolution is then its height)
+    temporal_compression: int = 0
+    native_frames: int = 0
+    native_width: int = 0
+
+    @property
+    def video(self) -> bool:
+        """True for a video model: its size is frames x height x width."""
+        return self.temporal_compression > 0
 
     @property
     def num_classes(self) -> int:
@@ -68,7 +80,7 @@ class Preset:
     @property
     def flow_matching(self) -> bool:
         """True when the model predicts a rectified-flow velocity (SD3, Flux)."""
-        return self.family in ("sd3", "flux")
+        return self.family in ("sd3", "flux", "wan", "hunyuanvideo")
 
 
 def _frozen(config: dict[str, Any]) -> Mapping[str, Any]:
@@ -591,7 +603,10 @@ _ALL = (
     ),
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in _ALL}
+# Video presets live in their own module; it imports Preset from here, so it comes last.
+from .video_presets import VIDEO_PRESETS  # noqa: E402
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (*_ALL, *VIDEO_PRESETS)}
 
 
 def get_preset(name: str) -> Preset:

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 from diffusers import (
+    CogVideoXDDIMScheduler,
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
@@ -32,6 +33,13 @@ _SOLVERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     ),
     "euler": (EulerDiscreteScheduler, {}),
     "flow-match-euler": (FlowMatchEulerDiscreteScheduler, {}),
+    # THUDM/CogVideoX-5b scheduler_config.json; snr_shift_scale 1.0 leaves the schedule unshifted
+    # (CogVideoX-2b's is 3.0), which is why DPM-Solver++ on the same schedule is the same model.
+    # CogVideoX's own DPM scheduler is not offered: its step draws fresh noise every step.
+    "cogvideox-ddim": (
+        CogVideoXDDIMScheduler,
+        {"clip_sample": False, "set_alpha_to_one": True, "steps_offset": 0, "snr_shift_scale": 1.0},
+    ),
 }
 
 # Training noise schedule per family, as in the public scheduler configs.
@@ -65,6 +73,18 @@ _NOISE: dict[str, dict[str, Any]] = {
         "prediction_type": "epsilon",
     },
     "sd3": {"shift": 3.0},
+    # Wan 2.1's generate.py: sample_shift 5.0 for text-to-video
+    "wan": {"shift": 5.0},
+    # diffusers' HunyuanVideo scheduler config (hunyuanvideo-community/HunyuanVideo)
+    "hunyuanvideo": {"shift": 7.0},
+    "cogvideox": {
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "timestep_spacing": "trailing",
+        "prediction_type": "v_prediction",
+        "rescale_betas_zero_snr": True,
+    },
     # Flux shifts by image size: mu interpolates linearly in the packed image sequence length
     "flux": {
         "shift": 3.0,

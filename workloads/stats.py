@@ -14,6 +14,7 @@ from .denoiser import Denoiser
 from .inputs import make_inputs
 from .models import random_model
 from .presets import PRESETS, get_preset
+from .video_size import check_video_size, latent_frames, temporal_patch, tokens_per_frame
 
 aten = torch.ops.aten
 
@@ -47,21 +48,32 @@ class ModelStats:
 
 
 def model_stats(
-    preset: str, height: int, width: int, dtype: torch.dtype = torch.float32
+    preset: str,
+    height: int,
+    width: int,
+    dtype: torch.dtype = torch.float32,
+    frames: int | None = None,
 ) -> ModelStats:
-    """Parameters and forward FLOPs of `preset` at height x width pixels, counted on meta."""
-    params, flops = _meta_counts(preset, int(height), int(width))
+    """Parameters and forward FLOPs of `preset` at height x width pixels (video: clips of
+    `frames` frames, None: the preset's default), counted on meta."""
+    p = get_preset(preset)
+    frames = (p.native_frames if frames is None else int(frames)) if p.video else 0
+    params, flops = _meta_counts(preset, int(height), int(width), frames)
     return ModelStats(params, params * dtype.itemsize, flops)
 
 
 # FLOPs do not depend on dtype, so one cached meta forward serves every dtype.
 @functools.lru_cache(maxsize=256)
-def _meta_counts(preset: str, height: int, width: int) -> tuple[int, float]:
+def _meta_counts(preset: str, height: int, width: int, frames: int = 0) -> tuple[int, float]:
     p = get_preset(preset)
-    check_resolution(p, height, width)
+    if p.video:
+        check_video_size(p, frames, height, width)
+    else:
+        check_resolution(p, height, width)
     model = random_model(p, seed=0, device="meta")
     params = sum(t.numel() for t in model.parameters())
-    inputs = make_inputs(p, height, width, 1, 0, p.default_guidance).to("meta", torch.float32)
+    inputs = make_inputs(p, height, width, 1, 0, p.default_guidance, frames)
+    inputs = inputs.to("meta", torch.float32)
     timestep = torch.tensor(500.0, device="meta")
     with torch.no_grad(), flop_counter() as counter:
         Denoiser(model, p)(inputs.latents, timestep, inputs.cond)
@@ -69,15 +81,26 @@ def _meta_counts(preset: str, height: int, width: int) -> tuple[int, float]:
 
 
 def describe_presets(
-    height: int | None = None, width: int | None = None, names: Iterable[str] | None = None
+    height: int | None = None,
+    width: int | None = None,
+    names: Iterable[str] | None = None,
+    frames: int | None = None,
 ) -> list[dict]:
     """One row per preset (all, or those in `names`); GFLOP per denoising step at height x width
-    pixels (each preset's native resolution when None), doubled where CFG runs a second branch."""
+    pixels (each preset's native size when None; video presets: clips of `frames` frames),
+    doubled where CFG runs a second branch. Video rows give the tokens per latent frame and the
+    latent frames (their product is the video sequence); image rows leave them None."""
     rows = []
     for p in PRESETS.values() if names is None else map(get_preset, names):
-        h = height or width or p.native_resolution
-        w = width or height or p.native_resolution
-        stats = model_stats(p.name, h, w)
+        if p.video:
+            h = height or p.native_resolution
+            w = width or p.native_width
+            f = frames or p.native_frames
+        else:
+            h = height or width or p.native_resolution
+            w = width or height or p.native_resolution
+            f = None
+        stats = model_stats(p.name, h, w, frames=f)
         rows.append(
             {
                 "name": p.name,
@@ -85,8 +108,11 @@ def describe_presets(
                 "model_class": p.model_class,
                 "params_M": stats.params / 1e6,
                 "gflops_per_step": stats.flops_per_forward * (2 if p.cfg else 1) / 1e9,
+                "frames": f,
                 "height": h,
                 "width": w,
+                "latent_frames": latent_frames(p, f) // temporal_patch(p) if f else None,
+                "tokens_per_frame": tokens_per_frame(p, h, w) if f else None,
                 "native_resolution": p.native_resolution,
                 "scheduler": p.default_scheduler,
                 "steps": p.default_steps,

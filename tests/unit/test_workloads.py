@@ -32,6 +32,12 @@ EXPECTED_PARAMS = {
     "sd3-medium": 2.028e9,
     "flux-dev": 11.90e9,
     "flux-schnell": 11.89e9,  # flux-dev less its guidance embedder (2 x 3072-wide linears)
+    # video: diffusers' counts of the published configs (Wan "1.3B" / "14B", HunyuanVideo "13B",
+    # CogVideoX "5B")
+    "wan2.1-t2v-1.3b": 1.419e9,
+    "wan2.1-t2v-14b": 14.29e9,
+    "hunyuanvideo": 12.82e9,
+    "cogvideox-5b": 5.570e9,
 }
 
 SMALL = [name for name in W.PRESETS if name.startswith("small-")]
@@ -48,7 +54,11 @@ def test_small_benchmark_presets_keep_their_model_class(name):
 
 
 BLOCKS = ("BasicTransformerBlock", "JointTransformerBlock", "FluxTransformerBlock")
-BLOCKS += ("FluxSingleTransformerBlock",)
+BLOCKS += ("FluxSingleTransformerBlock", "WanTransformerBlock", "CogVideoXBlock")
+BLOCKS += ("HunyuanVideoTransformerBlock", "HunyuanVideoSingleTransformerBlock")
+# blocks returning (image, text); the image models' dual-stream blocks return (text, image)
+IMAGE_FIRST = ("CogVideoXBlock", "HunyuanVideoTransformerBlock")
+IMAGE_FIRST += ("HunyuanVideoSingleTransformerBlock",)
 
 
 def _blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -114,12 +124,14 @@ def test_describe_presets_rows():
     assert [r["name"] for r in rows] == list(W.PRESETS)
     for row in rows:
         p = W.get_preset(row["name"])
-        stats = W.model_stats(p.name, p.native_resolution, p.native_resolution)
+        width = p.native_width or p.native_resolution  # video presets: their default clip
+        stats = W.model_stats(p.name, p.native_resolution, width)
         assert row["gflops_per_step"] * 1e9 == pytest.approx(
             stats.flops_per_forward * (2 if p.cfg else 1)
         )
         assert row["params_M"] == pytest.approx(stats.params / 1e6)
         assert row["height"] == row["native_resolution"] == p.native_resolution
+        assert row["frames"] == (p.native_frames or None)
     (row,) = W.describe_presets(512, names=["tiny-dit-xl-2"])
     assert (row["height"], row["width"], row["native_resolution"]) == (512, 512, 256)
 
@@ -189,7 +201,9 @@ def test_tiny_every_block_changes_its_input(name, tiny):
     def record(name):
         def hook(mod, args, kwargs, out):
             x = args[0] if args else kwargs["hidden_states"]
-            y = out[-1] if isinstance(out, tuple) else out  # dual-stream blocks: image last
+            y = out
+            if isinstance(out, tuple):  # dual-stream blocks: the image stream
+                y = out[0] if type(mod).__name__ in IMAGE_FIRST else out[-1]
             if x.shape == y.shape:  # channel-changing resnets change their input by construction
                 changes[name] = ((y - x).norm() / x.norm()).item()
 

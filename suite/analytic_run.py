@@ -58,6 +58,7 @@ def _emulate(spec, ctx, recorder, replicate: bool) -> RankResult | None:
         scheduler=spec.scheduler,
         guidance=spec.guidance,
         weights=spec.weights,
+        frames=spec.frames or None,
     )
     recorder.start_rank()
     ledger = Ledger(ctx.rank, clock=recorder.boundary)

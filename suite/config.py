@@ -5,7 +5,7 @@ Everything is checked here, before any process starts. Each problem is reported 
 
     experiment: quickstart
     workloads: [tiny-pixart-alpha, tiny-sdxl]
-    resolutions: [256, 256x512]          # pixels; an int is a square
+    resolutions: [256, 256x512]          # pixels; an int is a square; video: 81x480x832
     settings: {steps: 4, batch: 2, repeats: 3}
     strategies:
       - name: none
@@ -38,6 +38,7 @@ import yaml
 from suite import parallel
 from suite.config_entries import check_degrees, check_options, check_shape
 from suite.mesh import AXES, ParallelDims
+from suite.parallel.checks import video_unsupported
 from suite.settings import (
     EXPERIMENT_NAME,
     FidelitySettings,
@@ -84,6 +85,7 @@ class RunSpec:
     weights: str | None = None
     world_mode: str = "real"
     memory_check: bool = True  # suite.memory refuses it when it would not fit (not identity)
+    frames: int = 0  # video presets: frames of each clip (0: an image workload)
 
     @property
     def backend(self) -> str:
@@ -103,6 +105,8 @@ class RunSpec:
         d.pop("experiment")
         d.pop("timeout_s")
         d.pop("memory_check")
+        if not self.frames:
+            d.pop("frames")  # image runs keep the identity (and run ids) they had before video
         return d
 
     @property
@@ -119,7 +123,8 @@ class RunSpec:
         degrees = " ".join(f"{a}={d}" for a, d in self.degrees) or "single"
         opts = " ".join(f"{k}={v}" for k, v in self.options)
         fake = f" ({self.world_mode} world)" if self.world_mode != "real" else ""
-        name = f"{self.workload} {self.height}x{self.width} {self.strategy}[{degrees}]{fake}"
+        size = f"{self.frames}x" * bool(self.frames) + f"{self.height}x{self.width}"
+        name = f"{self.workload} {size} {self.strategy}[{degrees}]{fake}"
         return f"{name} {opts}".strip()
 
 
@@ -141,12 +146,41 @@ def _resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _check_geometry(presets: list, resolutions: list[tuple[int, int]], problems: list[str]):
-    """(preset name, h, w) pairs the presets cannot take, each reported once."""
+def _sizes_for(preset, resolutions: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """The resolutions of the preset's kind: FxHxW clips for a video model, images otherwise."""
+    return [r for r in resolutions if (len(r) == 3) == preset.video]
+
+
+def _check_geometry(presets: list, resolutions: list[tuple[int, ...]], problems: list[str]):
+    """(preset name, *size) tuples the presets cannot take, each reported once. Image sizes go
+    to image presets and FxHxW clips to video presets; a preset given none of its kind is an
+    error."""
     from workloads.limits import check_resolution
+    from workloads.video_size import check_video_size, format_size, video_rule
 
     bad = set()
-    for preset, (h, w) in itertools.product(presets, resolutions):
+    for preset in presets:
+        if resolutions and not _sizes_for(preset, resolutions):
+            if preset.video:
+                example = f"{preset.native_frames}x{preset.native_resolution}x{preset.native_width}"
+                problems.append(
+                    f"resolutions: {preset.name} is a video model and no resolution is a clip; "
+                    f"add frames x height x width, e.g. '{example}' ({video_rule(preset)})"
+                )
+            else:
+                problems.append(
+                    f"resolutions: {preset.name} is an image model and every resolution is a "
+                    "frames x height x width clip; add an int or 'HxW'"
+                )
+        for size in _sizes_for(preset, resolutions):
+            if len(size) == 3:
+                try:
+                    check_video_size(preset, *size)
+                except ValueError as e:
+                    problems.append(f"resolutions: {format_size(size)} for {preset.name}: {e}")
+                    bad.add((preset.name, *size))
+    images = [r for r in resolutions if len(r) == 2]
+    for preset, (h, w) in itertools.product([p for p in presets if not p.video], images):
         multiple = preset.vae_scale_factor * preset.spatial_multiple
         if h % multiple or w % multiple:
             problems.append(
@@ -217,7 +251,10 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
     for i, r in enumerate(as_list(raw.get("resolutions"), "resolutions", problems)):
         parsed = parse_resolution(r)
         if parsed is None:
-            problems.append(f"resolutions[{i}]: {r!r}; write a positive int (square) or 'HxW'")
+            problems.append(
+                f"resolutions[{i}]: {r!r}; write a positive int (square), 'HxW', or 'FxHxW' "
+                "(frames x height x width, video presets)"
+            )
         else:
             resolutions.append(parsed)
     if not resolutions and not any(p.startswith("resolutions") for p in problems):
@@ -264,10 +301,19 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
             continue
         degree_sets = check_degrees(entry, strategy, path, problems)
         option_sets = check_options(entry, strategy, path, problems)
-        for preset, (h, w), degrees, options in itertools.product(
+        for preset, size, degrees, options in itertools.product(
             presets, resolutions, degree_sets, option_sets
         ):
-            where = f"{path} on {preset.name} {h}x{w}"
+            if size not in _sizes_for(preset, resolutions):
+                continue  # a size of the other kind (clip / image): reported above if none fits
+            frames, (h, w) = (size[0], size[1:]) if len(size) == 3 else (0, size)
+            where = f"{path} on {preset.name} {'x'.join(map(str, size))}"
+            if preset.video and (why := video_unsupported(strategy.name)):
+                problems.append(
+                    f"{path}.name: strategy '{strategy.name}' cannot run video model "
+                    f"'{preset.name}': {why}"
+                )
+                continue
             if preset.family not in strategy.families:
                 problems.append(
                     f"{path}.name: strategy '{strategy.name}' does not support workload "
@@ -275,7 +321,7 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
                     f"{', '.join(sorted(strategy.families))}"
                 )
                 continue
-            if (preset.name, h, w) in bad_geometry or not settings_ok:
+            if (preset.name, *size) in bad_geometry or not settings_ok:
                 continue  # reported above; checks on top of a bad value would only echo it
             analytic = s.world_mode == "analytic"
             if analytic and strategy.library_collectives:
@@ -322,6 +368,7 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
                 weights=s.weights,
                 world_mode=s.world_mode,
                 memory_check=s.memory_check,
+                frames=frames,
             )
             if s.weights is not None and not _weights_fit(s.weights, preset):
                 problems.append(

@@ -132,8 +132,11 @@ def _model(name: str, weights: str | None) -> _Model:
 
 
 @functools.lru_cache(maxsize=64)
-def _forward(name: str, weights: str | None, height: int, width: int, dtype: str) -> _Forward:
-    """One batch-1 forward on the meta device, its live intermediates tracked (bytes)."""
+def _forward(
+    name: str, weights: str | None, height: int, width: int, dtype: str, frames: int = 0
+) -> _Forward:
+    """One batch-1 forward on the meta device, its live intermediates tracked (bytes); video
+    presets: a clip of `frames` frames."""
     import torch
     import torch.nn.functional as F
     from torch.multiprocessing.reductions import StorageWeakRef
@@ -197,17 +200,15 @@ def _forward(name: str, weights: str | None, height: int, width: int, dtype: str
             module.register_forward_pre_hook(record, with_kwargs=True)
     # conditioning at the smallest size (its shapes do not depend on the image), latent on meta
     side = preset.vae_scale_factor * preset.spatial_multiple
-    small = make_inputs(preset, side, side, 1, 0, preset.default_guidance)
+    small = make_inputs(preset, side, side, 1, 0, preset.default_guidance, 1 if frames else 0)
     cond = {
         k: v.to("meta", torch_dtype if v.is_floating_point() else v.dtype)
         for k, v in small.cond.items()
     }
-    shape = (
-        1,
-        preset.latent_channels,
-        height // preset.vae_scale_factor,
-        width // preset.vae_scale_factor,
-    )
+    grid = (height // preset.vae_scale_factor, width // preset.vae_scale_factor)
+    if frames:
+        grid = ((frames - 1) // preset.temporal_compression + 1, *grid)
+    shape = (1, preset.latent_channels, *grid)
     latents = torch.empty(shape, device="meta", dtype=torch_dtype)
     timestep = torch.tensor(500.0, device="meta")
     live = Live([*model.parameters(), *model.buffers(), latents, timestep, *cond.values()])
@@ -228,7 +229,7 @@ def estimate(spec: RunSpec) -> Estimate:
     parts = spec.strategy.split("+")
     elt = DTYPE_BYTES[spec.dtype]
     model = _model(spec.workload, spec.weights)
-    fwd = _forward(spec.workload, spec.weights, spec.height, spec.width, spec.dtype)
+    fwd = _forward(spec.workload, spec.weights, spec.height, spec.width, spec.dtype, spec.frames)
 
     images = math.ceil(spec.batch / d.get("data", 1))
     branches = 2 if preset.cfg and spec.guidance > 1.0 and d.get("cfg", 1) == 1 else 1

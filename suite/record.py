@@ -99,6 +99,7 @@ def _spec_columns(spec: RunSpec) -> dict:
         "model": workloads.get_preset(spec.workload).model_class,
         "height": spec.height,
         "width": spec.width,
+        "frames": spec.frames or None,
         "steps": spec.steps,
         "scheduler": spec.scheduler,
         "guidance": spec.guidance,

@@ -203,6 +203,7 @@ def execute(spec: RunSpec, ctx: RankContext, progress=None) -> RankResult:
         scheduler=spec.scheduler,
         guidance=spec.guidance,
         weights=spec.weights,
+        frames=spec.frames or None,
     )
     ledger = Ledger(
         ctx.rank,

@@ -42,6 +42,7 @@ RUNS: tuple[Column, ...] = (
     Column("model", "TEXT", "diffusers model class"),
     Column("height", "INTEGER", "image height in pixels"),
     Column("width", "INTEGER", "image width in pixels"),
+    Column("frames", "INTEGER", "frames per clip of a video workload (empty for images)"),
     Column("steps", "INTEGER", "denoising steps per image"),
     Column("scheduler", "TEXT", "scheduler name"),
     Column("guidance", "REAL", "classifier-free guidance scale (1 = no CFG branch)"),

@@ -188,16 +188,20 @@ def check_fidelity(raw: Any, problems: list[str]) -> FidelitySettings:
     return FidelitySettings(**values)
 
 
-_RESOLUTION = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+_RESOLUTION = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?$")
 
 
-def parse_resolution(value: Any) -> tuple[int, int] | None:
+def parse_resolution(value: Any) -> tuple[int, ...] | None:
+    """(height, width) from an int (a square) or 'HxW'; (frames, height, width) from 'FxHxW' (a
+    video clip); None when it is neither."""
     if is_int(value) and value > 0:
         return value, value
     if isinstance(value, str):
         m = _RESOLUTION.match(value)
-        if m and int(m[1]) > 0 and int(m[2]) > 0:
-            return int(m[1]), int(m[2])
+        if m:
+            parts = tuple(int(g) for g in m.groups() if g is not None)
+            if all(v > 0 for v in parts):
+                return parts
     return None
 
 

@@ -73,7 +73,12 @@ def vae_decode(latents: torch.Tensor, vae_dir: Path, device: str = "cpu") -> tor
 def decode(
     preset, latents: torch.Tensor, weights: str | None = None, device: str = "cpu"
 ) -> tuple[torch.Tensor, str]:
-    """(images (N, 3, H, W) in [0, 1], how they were made) for a preset's final latents."""
+    """(images (N, 3, H, W) in [0, 1], how they were made) for a preset's final latents.
+
+    Video latents (B, C, F, h, w) give one projected image per latent frame, clip after clip
+    (B * F images): per-frame scores until a video VAE decode exists here."""
+    if latents.ndim == 5:
+        return project_latents(latents.transpose(1, 2).flatten(0, 1)), PROJECTION
     if preset.pixel_space:
         return ((latents.float() + 1) / 2).clamp(0, 1), PIXEL_SPACE
     vae_dir = _vae_dir(weights)

@@ -28,7 +28,18 @@ from suite.fidelity import metrics as fm
 from suite.fidelity.images import IMAGES, image_files, image_source, load_images, write_run_images
 from suite.results import ResultStore
 
-MATCH = ("workload", "height", "width", "steps", "scheduler", "guidance", "batch", "seed", "dtype")
+MATCH = (
+    "workload",
+    "height",
+    "width",
+    "frames",
+    "steps",
+    "scheduler",
+    "guidance",
+    "batch",
+    "seed",
+    "dtype",
+)
 ORIGINAL, GROUND_TRUTH = "original", "ground_truth"
 
 
@@ -195,7 +206,8 @@ def find_baseline(runs: pd.DataFrame, run: pd.Series) -> pd.Series | None:
     ]
     ok = ok[ok["run_id"] != run["run_id"]]
     for col in MATCH:
-        ok = ok[ok[col] == run[col]]
+        # empty on both sides matches (frames of image runs, columns older stores lack)
+        ok = ok[(ok[col] == run[col]) | (ok[col].isna() & pd.isna(run[col]))]
     if ok.empty:
         return None
     ok = ok.assign(_same_device=ok["device"] == run["device"])

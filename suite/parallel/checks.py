@@ -15,6 +15,35 @@ GN_MODES = ("separate", "stale", "corrected", "sync")  # distrifusion's GroupNor
 SPLITS = ("row", "column", "alternate")  # naive_patch's bands
 
 
+# -- video models ------------------------------------------------------------------------------
+
+# Strategies that do not run video presets (yet), and why: told before any process starts.
+VIDEO_UNSUPPORTED = {
+    "naive_patch": "patch parallelism cuts a 2-D latent into bands of rows (and halos for "
+    "UNets); splitting a clip along frames or height is not implemented yet",
+    "distrifusion": "patch parallelism cuts a 2-D latent into bands of rows (and halos for "
+    "UNets); splitting a clip along frames or height is not implemented yet",
+    "pipefusion": "PipeFusion's patches are bands of a 2-D token grid and its stages assume "
+    "blocks that return only the image stream (HunyuanVideo and CogVideoX also update the text "
+    "from every video token); patches along the video token sequence are not implemented yet",
+    "tensor": "there is no tensor-parallel plan for video models yet: Wan normalizes queries "
+    "and keys across all heads (a head-sharded projection would need that RMSNorm's statistics "
+    "all-reduced) and the video MLP splits are not planned",
+    "diffusers_cp": "the wrapper of diffusers' context parallelism is set up for image models "
+    "only; use ulysses, ring or usp",
+    "diffusers_tp": "the wrapper of diffusers' tensor parallelism is set up for image models only",
+}
+
+
+def video_unsupported(name: str) -> str | None:
+    """Why strategy `name` (parts joined by '+') cannot run a video preset; None if it can."""
+    parts = [p.strip() for p in name.split("+")] if isinstance(name, str) else []
+    reasons = [f"{p}: {VIDEO_UNSUPPORTED[p]}" for p in parts if p in VIDEO_UNSUPPORTED]
+    if not reasons:
+        return None
+    return reasons[0].split(": ", 1)[1] if len(parts) == 1 else "; ".join(reasons)
+
+
 # -- data, cfg -------------------------------------------------------------------------------
 
 
@@ -162,11 +191,19 @@ def validate_sequence(spec, preset) -> list[str]:
             f"{preset.name}; allowed ulysses degrees: {', '.join(map(str, allowed))}"
         )
     rows, cols = image_tokens(get_plan(preset.family), preset, spec.height, spec.width)
-    if (rows * cols) % (ring * ulysses):
+    count, what = rows * cols, f"{rows}x{cols}"
+    where, unit = f"{spec.height}x{spec.width} px", "image"
+    if preset.video:
+        from workloads.video_size import latent_frames, temporal_patch
+
+        frames = latent_frames(preset, spec.frames) // temporal_patch(preset)
+        count, what = frames * rows * cols, f"{frames}x{rows}x{cols}"
+        where, unit = f"{spec.frames}x{spec.height}x{spec.width}", "video"
+    if count % (ring * ulysses):
         problems.append(
-            f"{rows}x{cols} = {rows * cols} image tokens at {spec.height}x{spec.width} px do not "
-            f"split into ring x ulysses = {ring * ulysses} equal parts; the token count must be "
-            "a multiple of the sequence degree"
+            f"{what} = {count} {unit} tokens at {where} do not split into ring x ulysses = "
+            f"{ring * ulysses} equal parts; the token count must be a multiple of the sequence "
+            "degree"
         )
     return problems
 

@@ -1,0 +1,112 @@
+"""Video workloads in experiment configs: FxHxW sizes, which sizes go to which presets, the
+errors before any process starts, run identity, the memory estimate and the stored frames."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from suite.config import ConfigError, parse_config
+from suite.fidelity.score import find_baseline
+from suite.settings import parse_resolution
+
+VIDEO, IMAGE = "tiny-wan2.1-t2v-1.3b", "tiny-pixart-alpha"
+
+
+def _raw(**over) -> dict:
+    raw = {
+        "experiment": "v",
+        "workloads": [VIDEO],
+        "resolutions": ["9x64x64"],
+        "settings": {"steps": 2},
+        "strategies": [{"name": "none"}],
+    }
+    return raw | over
+
+
+def _problems(**over) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse_config(_raw(**over))
+    return str(e.value)
+
+
+def test_resolutions_parse_clips_and_images():
+    assert parse_resolution("81x480x832") == (81, 480, 832)
+    assert parse_resolution(" 9 X 64 x 96 ") == (9, 64, 96)
+    assert parse_resolution("512x1024") == (512, 1024) and parse_resolution(256) == (256, 256)
+    assert parse_resolution("0x64x64") is None and parse_resolution("1x2x3x4") is None
+
+
+def test_clips_go_to_video_presets_and_images_to_image_presets():
+    config = parse_config(_raw(workloads=[VIDEO, IMAGE], resolutions=[256, "9x64x96"]))
+    got = {(r.workload, r.frames, r.height, r.width) for r in config.runs}
+    assert got == {(VIDEO, 9, 64, 96), (IMAGE, 0, 256, 256)}
+    (video,) = [r for r in config.runs if r.frames]
+    assert video.label() == f"{VIDEO} 9x64x96 none[single]"
+
+
+def test_run_identity_keeps_image_runs_and_tells_clip_lengths_apart():
+    image = parse_config(_raw(workloads=[IMAGE], resolutions=[256])).runs[0]
+    assert "frames" not in image.identity()  # image run ids are what they were before video
+    a, b = (parse_config(_raw(resolutions=[r])).runs[0] for r in ("9x64x64", "13x64x64"))
+    assert a.identity()["frames"] == 9 and a.run_id != b.run_id
+
+
+def test_bad_clips_name_the_allowed_values():
+    out = _problems(resolutions=["8x64x64", "9x60x64"])
+    assert "8x64x64 for tiny-wan2.1-t2v-1.3b: frames=8" in out and "nearest: 5 or 9" in out
+    assert "height=60" in out and "multiple of 16 pixels" in out
+    out = _problems(resolutions=[256])
+    assert "is a video model and no resolution is a clip" in out and "'9x128x128'" in out
+    out = _problems(workloads=[IMAGE])
+    assert "tiny-pixart-alpha is an image model and every resolution is a" in out
+    assert "or 'FxHxW' (frames x height x width" in _problems(resolutions=["9x64y64"])
+
+
+@pytest.mark.parametrize(
+    "name, degrees, why",
+    [
+        ("naive_patch", {"patch": 2}, "splitting a clip along frames or height"),
+        ("distrifusion", {"patch": 2}, "splitting a clip along frames or height"),
+        ("pipefusion", {"pipefusion": 2}, "patches along the video token sequence"),
+        ("tensor", {"tensor": 2}, "normalizes queries and keys across all heads"),
+        ("diffusers_cp", {"ulysses": 2}, "image models only"),
+        ("diffusers_tp", {"tensor": 2}, "image models only"),
+        ("cfg+tensor", {"cfg": 2, "tensor": 2}, "tensor: there is no tensor-parallel plan"),
+    ],
+)
+def test_strategies_that_cannot_run_video_say_why_before_start(name, degrees, why):
+    out = _problems(strategies=[{"name": name, "degrees": degrees}])
+    assert f"strategy '{name}' cannot run video model '{VIDEO}'" in out and why in out
+
+
+def test_video_runs_are_stored_with_frames_and_matched_by_them():
+    from suite.record import _spec_columns
+
+    spec = parse_config(_raw()).runs[0]
+    assert _spec_columns(spec)["frames"] == 9
+    image = parse_config(_raw(workloads=[IMAGE], resolutions=[256])).runs[0]
+    assert _spec_columns(image)["frames"] is None
+    common = dict(workload=VIDEO, height=64, width=64, steps=2, scheduler="s", guidance=5.0,
+                  batch=1, seed=0, dtype="float32", status="ok", world_mode="real",
+                  device="cpu", created_at="t")  # fmt: skip
+    runs = pd.DataFrame(
+        [
+            common | dict(run_id="base9", frames=9, strategy="none", world_size=1),
+            common | dict(run_id="ring13", frames=13, strategy="ring", world_size=2),
+            common | dict(run_id="ring9", frames=9, strategy="ring", world_size=2),
+        ]
+    )
+    assert find_baseline(runs, runs.iloc[2])["run_id"] == "base9"
+    assert find_baseline(runs, runs.iloc[1]) is None  # another clip length is no baseline
+
+
+def test_memory_estimate_grows_with_the_clip():
+    from suite.memory import estimate
+
+    short, long = (
+        estimate(parse_config(_raw(resolutions=[r])).runs[0]) for r in ("9x64x64", "33x64x64")
+    )
+    assert short.params == long.params > 0
+    # 9 latent frames against 3: activations grow at least linearly in the tokens
+    assert long.activations > 2.5 * short.activations

@@ -116,22 +116,28 @@ def cmd_env(args) -> int:
 
 
 def specs_of(path: str | Path) -> tuple[list, str]:
-    """The runs of a config as `diffscale run` resolves them, and how it was validated. Without
-    a GPU the config is validated with device cpu (the GPU count is the only check that needs
-    the machine's GPUs) and its runs are given their device back, so their run ids are those of
-    the GPU machine."""
+    """The runs of a config as `diffscale run` resolves them on a GPU machine, and how it was
+    validated. Without a GPU, `device: auto` resolves to cpu and `device: cuda` fails the GPU
+    count (the only check that needs the machine's GPUs: the config is then validated with
+    device cpu); either way the runs are given device cuda, so their run ids are the GPU's."""
     import yaml
 
     from suite.config import ConfigError, load_config, parse_config
 
+    raw = yaml.safe_load(Path(path).read_text())
+    device = (raw.get("settings") or {}).get("device", "cpu")
     try:
-        return list(load_config(path).runs), "validated as written"
+        runs = list(load_config(path).runs)
     except ConfigError as e:
         only_gpus = all("GPUs; this machine has 0" in p for p in e.problems)
         if not only_gpus:
             raise
-    raw = yaml.safe_load(Path(path).read_text())
-    device = (raw.get("settings") or {}).get("device", "cpu")
+    else:
+        if device != "auto" or any(s.device == "cuda" for s in runs):
+            return runs, "validated as written"
+        # device auto resolved to cpu here: the runs as a GPU machine resolves them
+        note = "validated as written (device auto: cpu here, given device cuda as on a GPU)"
+        return [dataclasses.replace(s, device="cuda") for s in runs], note
     cpu = copy.deepcopy(raw)
     cpu.setdefault("settings", {})["device"] = "cpu"
     for entry in cpu.get("strategies") or []:

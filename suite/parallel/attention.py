@@ -15,7 +15,7 @@ Tensors inside are (B, S, heads, head_dim), "token-major", so that splitting tok
 heads (dim 2) is a view. The processor never assumes the head count: it reads it from the
 projection width (heads = width / head_dim), so tensor-parallel shards pass through unchanged.
 
-Joint attention (SD3, Flux): the text tokens are replicated on every rank and only the image
+Joint attention (SD3, Flux, HunyuanVideo, CogVideoX): the text tokens are replicated on every rank and only the image
 tokens are split. Ulysses: each rank keeps its head slice of the text locally (no traffic) and
 sends its heads of the text output to every rank inside the output all-to-all. Ring: the text K/V join the rank's first block
 only, so every key is counted once; the text queries see all blocks and their output is complete
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import apply_rotary_emb
 
 from suite.comm import Comm
+from suite.parallel.plans import TEXT_LAST
 
 Text = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # text (q, k, v) or None
 
@@ -178,9 +179,15 @@ class PlanAttnProcessor:
         head_dim: int,
         layer: str,
         text_length: TextLength | None = None,
+        rope_text: bool = True,
+        drop_mask: bool = False,
     ):
         self.layout, self.core, self.head_dim, self.layer = layout, core, head_dim, layer
         self.text_length = text_length
+        self.rope_text = rope_text  # the rope table's first rows are the text's (Flux)
+        # the plan checks once per forward that the model's text mask is all ones, so the
+        # joint mask built from it masks nothing (HunyuanVideo)
+        self.drop_mask = drop_mask
 
     @staticmethod
     def check(attn: torch.nn.Module, layer: str) -> None:
@@ -199,6 +206,15 @@ class PlanAttnProcessor:
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (-1, self.head_dim))
 
+    def _normed_heads(self, x: torch.Tensor, norm) -> torch.Tensor:
+        """Projection output (B, S, width) -> (B, S, h, d), normalized by `norm` per head or,
+        when the norm spans the whole width (Wan's rms_norm_across_heads), before the split."""
+        if norm is None:
+            return self._heads(x)
+        if _norm_width(norm) == x.shape[-1] != self.head_dim:
+            return self._heads(norm(x))
+        return norm(self._heads(x))
+
     def __call__(
         self,
         attn: torch.nn.Module,
@@ -208,7 +224,7 @@ class PlanAttnProcessor:
         image_rotary_emb=None,
         **kwargs,
     ):
-        if attention_mask is not None:
+        if attention_mask is not None and not self.drop_mask:
             raise NotImplementedError(f"{self.layer}: attention masks are not supported")
         if hidden_states.ndim != 3:
             raise NotImplementedError(f"{self.layer}: expected (B, S, C) hidden states")
@@ -217,19 +233,14 @@ class PlanAttnProcessor:
         src = x
         if layout == "cross":
             src = encoder_hidden_states
-            if attn.norm_cross:
+            if getattr(attn, "norm_cross", None):  # Wan's attention has no such attribute
                 src = attn.norm_encoder_hidden_states(src)
-        q, k, v = (
-            self._heads(attn.to_q(x)),
-            self._heads(attn.to_k(src)),
-            self._heads(attn.to_v(src)),
-        )
-        if getattr(attn, "norm_q", None) is not None:
-            q = attn.norm_q(q)
-        if getattr(attn, "norm_k", None) is not None:
-            k = attn.norm_k(k)
+        norm_q, norm_k = getattr(attn, "norm_q", None), getattr(attn, "norm_k", None)
+        q = self._normed_heads(attn.to_q(x), norm_q)
+        k = self._normed_heads(attn.to_k(src), norm_k)
+        v = self._heads(attn.to_v(src))
 
-        text, text_first = None, layout != "joint_text_last"
+        text, text_first = None, layout not in TEXT_LAST
         if layout in ("joint_text_last", "joint_text_first"):
             c = encoder_hidden_states
             tq, tk, tv = (
@@ -244,16 +255,24 @@ class PlanAttnProcessor:
             t = self.text_length.value
             text = (q[:, :t], k[:, :t], v[:, :t])
             q, k, v = q[:, t:], k[:, t:], v[:, t:]
+        elif layout in ("shared_text_first", "shared_text_last"):
+            # the text goes through the image's own projections and norms (one joint sequence)
+            c = encoder_hidden_states
+            tq = self._normed_heads(attn.to_q(c), norm_q)
+            tk = self._normed_heads(attn.to_k(c), norm_k)
+            text = (tq, tk, self._heads(attn.to_v(c)))
 
         if image_rotary_emb is not None:
             # rope is per position: rotate text and image parts with their own rows of the
-            # table (ordered [text; image], as the model built it from [txt_ids; img_ids])
-            n_txt = 0 if text is None else text[0].shape[1]
-            cos, sin = image_rotary_emb
+            # table (Flux: ordered [text; image], as the model built it from [txt_ids; img_ids];
+            # video models: image rows only, the text unrotated)
+            n_txt = 0 if text is None or not self.rope_text else text[0].shape[1]
+            # Wan's table is (1, S, 1, d): one row per token, as the others'
+            cos, sin = (r.reshape(-1, r.shape[-1]) for r in image_rotary_emb)
             img_rope, txt_rope = (cos[n_txt:], sin[n_txt:]), (cos[:n_txt], sin[:n_txt])
             q = apply_rotary_emb(q, img_rope, sequence_dim=1)
             k = apply_rotary_emb(k, img_rope, sequence_dim=1)
-            if text is not None:
+            if n_txt:
                 tq, tk, tv = text
                 tq = apply_rotary_emb(tq, txt_rope, sequence_dim=1)
                 tk = apply_rotary_emb(tk, txt_rope, sequence_dim=1)
@@ -271,7 +290,20 @@ class PlanAttnProcessor:
         out_text = out_text.flatten(2)
         if getattr(attn, "to_add_out", None) is not None:
             out_text = attn.to_add_out(out_text)
+        elif layout == "shared_text_first" and to_out is not None:
+            out_text = to_out[1](to_out[0](out_text))  # CogVideoX: one projection for both
         return out, out_text
+
+
+def _norm_width(norm: torch.nn.Module) -> int | None:
+    """The feature width a LayerNorm / RMSNorm normalizes over (None if it does not say)."""
+    shape = getattr(norm, "normalized_shape", None)
+    if shape is not None:
+        return int(shape[-1]) if isinstance(shape, tuple | list | torch.Size) else int(shape)
+    dim = getattr(norm, "dim", None)  # diffusers' RMSNorm
+    if isinstance(dim, torch.Size | tuple | list):
+        return int(dim[-1])
+    return int(dim) if isinstance(dim, int) else None
 
 
 def install(
@@ -304,7 +336,15 @@ def install(
                 PlanAttnProcessor.check(attn, path)
                 head_dim = attn.to_q.out_features // attn.heads
             attn.set_processor(
-                PlanAttnProcessor(spec.layout, make_core(spec.layout), head_dim, path, text_length)
+                PlanAttnProcessor(
+                    spec.layout,
+                    make_core(spec.layout),
+                    head_dim,
+                    path,
+                    text_length,
+                    rope_text=spec.rope_text,
+                    drop_mask=getattr(plan, "text_mask", None) is not None,
+                )
             )
     return paths
 

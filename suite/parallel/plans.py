@@ -38,7 +38,14 @@ LAYOUTS: dict[str, str] = {
     "rotary embeddings",
     "text_prefix": "single stream whose first T tokens are the text (Flux single-stream); T is "
     "the length of the model input named by Plan.text_input; no output projection",
+    "shared_text_first": "joint attention over [text; video] through the same to_q/to_k/to_v "
+    "(CogVideoX): text from encoder_hidden_states, outputs (video, text) through to_out",
+    "shared_text_last": "as shared_text_first over [video; text], no output projection "
+    "(HunyuanVideo single-stream)",
 }
+
+# Layouts whose text tokens follow the image tokens in the joint sequence
+TEXT_LAST = frozenset({"joint_text_last", "shared_text_last"})
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,9 @@ class AttentionPlan:
 
     pattern: str
     layout: str
+    # whether the rope table's first rows belong to the text (Flux: positions of [text; image]);
+    # False: the table covers the image / video tokens only and the text is not rotated
+    rope_text: bool = True
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -75,6 +85,19 @@ class Plan:
     # or: model inputs (name -> dim) that hold the image tokens, split before the model runs
     split_inputs: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     text_input: str | None = None  # model input whose dim 1 is the text length
+    # video models: a module whose first input (hidden_states, (B, N, D)) is split on dim 1 (Wan
+    # patchifies with a Conv3d and flattens inside forward: its first block is the first (B, N,
+    # D) view), as diffusers' _cp_plan splits "blocks.0"
+    split_before: str | None = None
+    # modules whose output (a tensor, or each tensor of a tuple) is split on a dim: rotary tables
+    # built from the full latent (one row per token) must follow the tokens
+    split_outputs: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    # split_after's output is [text; image] (CogVideoX's patch embedding): the first
+    # len(text_input) tokens stay whole on every rank, the rest is split
+    split_after_text_first: bool = False
+    # model input holding a text attention mask that must be all ones (HunyuanVideo): checked
+    # once per forward, after which the joint attention runs unmasked
+    text_mask: str | None = None
     column: tuple[str, ...] = ()  # Linear split by output features (first MLP linear)
     packed_column: tuple[tuple[str, int], ...] = ()  # (Linear, k): output is k packed parts
     row: tuple[str, ...] = ()  # Linear split by input features, all-reduce after
@@ -170,7 +193,49 @@ UNET = Plan(
     resnets=("down_blocks.*.resnets.*", "mid_block.resnets.*", "up_blocks.*.resnets.*"),
 )
 
-PLANS: dict[str, Plan] = {p.family: p for p in (PIXART, DIT, SD3, FLUX, UNET)}
+# -- video models: sequence parallelism only (tensor and patch strategies are refused before
+# start, see checks.VIDEO_UNSUPPORTED); rope tables cover the video tokens only
+
+WAN = Plan(
+    family="wan",
+    token_patch=2,
+    split_before="blocks.0",
+    split_outputs=MappingProxyType({"rope": 1}),  # (cos, sin), each (1, N, 1, head_dim)
+    gather_after="proj_out",
+    attention=(
+        AttentionPlan("blocks.*.attn1", "self"),
+        AttentionPlan("blocks.*.attn2", "cross"),
+    ),
+)
+
+HUNYUANVIDEO = Plan(
+    family="hunyuanvideo",
+    token_patch=2,
+    split_after="x_embedder",
+    split_outputs=MappingProxyType({"rope": 0}),  # (cos, sin), each (N, head_dim)
+    gather_after="proj_out",
+    text_mask="encoder_attention_mask",
+    attention=(
+        AttentionPlan("transformer_blocks.*.attn", "joint_text_last", rope_text=False),
+        AttentionPlan("single_transformer_blocks.*.attn", "shared_text_last", rope_text=False),
+    ),
+)
+
+COGVIDEOX = Plan(
+    family="cogvideox",
+    token_patch=2,
+    split_after="patch_embed",
+    split_after_text_first=True,
+    text_input="encoder_hidden_states",
+    # the rope table is a model input here (the pipeline builds it): (cos, sin), each (N, d)
+    split_inputs=MappingProxyType({"image_rotary_emb": 0}),
+    gather_after="proj_out",
+    attention=(AttentionPlan("transformer_blocks.*.attn1", "shared_text_first", rope_text=False),),
+)
+
+PLANS: dict[str, Plan] = {
+    p.family: p for p in (PIXART, DIT, SD3, FLUX, UNET, WAN, HUNYUANVIDEO, COGVIDEOX)
+}
 
 # Families whose token sequence can be split (ulysses, ring, usp, diffusers_cp)
 SEQUENCE_FAMILIES = frozenset(f for f, p in PLANS.items() if p.sequence_parallel)

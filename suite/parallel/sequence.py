@@ -10,9 +10,12 @@
 - USP (Fang & Zhao 2024): Ulysses inside (innermost axis, fastest links), Ring outside.
 
 The token sequence is split after the patch embedding (or, for Flux, the packed tokens are split
-before the model) and gathered before the output head, so the denoiser keeps its contract: full
-latent in, full prediction out on every rank. Everything between the two hooks is per token
-except attention, which the plan's attention processors handle (suite/parallel/attention.py).
+before the model; for Wan, at the first block's input) and gathered before the output head, so
+the denoiser keeps its contract: full latent in, full prediction out on every rank. Everything
+between the two hooks is per token except attention, which the plan's attention processors
+handle (suite/parallel/attention.py). Rotary tables built from the full latent (video models)
+are split with the tokens; CogVideoX's patch embedding emits [text; video] and only the video
+part is split.
 """
 
 from __future__ import annotations
@@ -41,7 +44,12 @@ def apply_sequence(workload, comm, options) -> Parallelized:
     parts, index = ring * ulysses, mesh.rank("ring") * ulysses + mesh.rank("ulysses")
     model = workload.denoiser.model
 
-    def local(x: torch.Tensor, dim: int) -> torch.Tensor:
+    def local(x, dim: int):
+        """This rank's part of a token tensor (each of a tuple's; None stays None)."""
+        if x is None:
+            return None
+        if isinstance(x, tuple | list):
+            return type(x)(local(t, dim) for t in x)
         if x.shape[dim] % parts:
             raise ValueError(f"{x.shape[dim]} tokens do not split into {parts} equal parts")
         return x.chunk(parts, dim=dim)[index]
@@ -63,8 +71,38 @@ def apply_sequence(workload, comm, options) -> Parallelized:
             return args, kwargs
 
         model.register_forward_pre_hook(split_inputs, with_kwargs=True)
-    if plan.split_after:
+    if plan.split_after and plan.split_after_text_first:
+
+        def split_after_text(module, args, out):
+            t = text_length.value  # [text; image]: the text stays whole
+            return torch.cat([out[:, :t], local(out[:, t:], 1)], dim=1)
+
+        _module(model, plan.split_after).register_forward_hook(split_after_text)
+    elif plan.split_after:
         _module(model, plan.split_after).register_forward_hook(lambda m, a, out: local(out, 1))
+    if plan.split_before:
+
+        def split_first_input(module, args, kwargs):
+            if args:
+                return (local(args[0], 1), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": local(kwargs["hidden_states"], 1)}
+
+        _module(model, plan.split_before).register_forward_pre_hook(
+            split_first_input, with_kwargs=True
+        )
+    for path, dim in plan.split_outputs.items():
+        _module(model, path).register_forward_hook(lambda m, a, out, dim=dim: local(out, dim))
+    if plan.text_mask:
+
+        def check_mask(module, args, kwargs):
+            mask = kwargs.get(plan.text_mask)
+            if mask is not None and not bool(mask.all()):
+                raise NotImplementedError(
+                    f"{plan.family}: a padded prompt ({plan.text_mask} with zeros) needs its "
+                    "joint attention mask split with the tokens, which is not implemented"
+                )
+
+        model.register_forward_pre_hook(check_mask, with_kwargs=True)
 
     def gather(module, args, out):
         # ulysses chunks are contiguous inside a ring block: gather them first, then the blocks

@@ -128,7 +128,8 @@ def test_hybrid_is_the_union_and_intersection_of_its_parts():
     s = parallel.get("tensor+cfg")
     assert s.name == "cfg+tensor" and s.axes == ("cfg", "tensor")
     assert s.families == parallel.get("cfg").families & parallel.get("tensor").families
-    assert parallel.get("cfg+ulysses").families == frozenset({"pixart", "dit", "sd3", "flux"})
+    sequence = {"pixart", "dit", "sd3", "flux", "wan", "hunyuanvideo", "cogvideox"}
+    assert parallel.get("cfg+ulysses").families == frozenset(sequence)
 
 
 def test_composition_order_inputs_denoisers_and_gathers():
@@ -173,13 +174,15 @@ def test_every_plan_pattern_names_modules_of_its_model(family):
     from workloads.presets import get_preset
 
     name = {"unet": "tiny-sdxl", "pixart": "tiny-pixart-alpha", "dit": "tiny-dit-xl-2",
-            "sd3": "tiny-sd3-medium", "flux": "tiny-flux-dev"}[family]  # fmt: skip
+            "sd3": "tiny-sd3-medium", "flux": "tiny-flux-dev", "wan": "tiny-wan2.1-t2v-1.3b",
+            "hunyuanvideo": "tiny-hunyuanvideo", "cogvideox": "tiny-cogvideox-5b"}[family]  # fmt: skip
     model = random_model(get_preset(name), 0, device="meta")
     plan = PLANS[family]
     patterns = [a.pattern for a in plan.attention] + list(plan.column) + list(plan.row)
     patterns += [p for p, _ in plan.packed_column] + [p.pattern for p in plan.packed_row]
     patterns += list(plan.resnets)
-    patterns += [p for p in (plan.split_after, plan.gather_after) if p]
+    patterns += [p for p in (plan.split_after, plan.gather_after, plan.split_before) if p]
+    patterns += list(plan.split_outputs)
     for pattern in patterns:
         assert find(model, pattern), f"{family}: {pattern} matches nothing"
     if family == "unet":

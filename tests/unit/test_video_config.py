@@ -110,3 +110,12 @@ def test_memory_estimate_grows_with_the_clip():
     assert short.params == long.params > 0
     # 9 latent frames against 3: activations grow at least linearly in the tokens
     assert long.activations > 2.5 * short.activations
+
+
+def test_sequence_degrees_are_checked_against_video_tokens_and_heads():
+    out = _problems(strategies=[{"name": "ring", "world_sizes": [5]}])
+    assert "3x4x4 = 48 video tokens at 9x64x64 do not split into ring x ulysses = 5" in out
+    out = _problems(strategies=[{"name": "ulysses", "world_sizes": [8]}])
+    assert "ulysses degree 8 does not divide the 4 attention heads" in out
+    ok = parse_config(_raw(strategies=[{"name": "usp", "degrees": {"ring": 2, "ulysses": 4}}]))
+    assert ok.runs[0].world_size == 8  # 48 tokens over 8 ranks, 4 heads over 4

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 COMPUTE_CLASSES = ("matmul", "conv", "attention")
 MEMORY_CLASSES = ("norm", "elementwise", "memory", "activation")
+# the curve of activations of kind 1 (GELU family: d1 of an activation op); SiLU-like ones use
+# `activation`'s. A CPU evaluates GELU (tanh) at a third of SiLU's rate; a GPU streams both.
+GELU_CURVE = "gelu"
 # dtype keys of curves and of `project --dtype` (tf32: fp32 storage, TF32 tensor-core math)
 DTYPE_KEYS = ("fp32", "tf32", "fp16", "bf16")
 ELEMENT_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2}
@@ -109,7 +112,7 @@ def parse_curves(data: dict, where: str = "opcurves") -> OpCurves:
                 compute[(cls, dkey)] = {0: _curve(pts, "flops", "tflops", at)}
     memory = {
         cls: _curve(data[cls], "bytes", "gb_s", f"{where}: {cls}")
-        for cls in MEMORY_CLASSES
+        for cls in (*MEMORY_CLASSES, GELU_CURVE)
         if data.get(cls)
     }
     launch = data.get("launch") or {}
@@ -203,7 +206,9 @@ def memory_rate(profile: Profile, cls: str, nbytes) -> np.ndarray:
     curves = profile.opcurves
     curve = None
     if curves is not None:  # activations without a curve of their own stream like elementwise
-        fallback = ("elementwise", "memory") if cls == "activation" else ("memory",)
+        fallback = ("memory",)
+        if cls in ("activation", GELU_CURVE):
+            fallback = ("activation", "elementwise", "memory")
         curve = curves.memory.get(cls) or next(
             (curves.memory[c] for c in fallback if c in curves.memory), None
         )
@@ -258,6 +263,9 @@ def price(profile: Profile, ops: np.ndarray, dtype: str | None = None) -> Priced
             rate = compute_rate(profile, cls, key, flops, o["d2"], head_dim)
             t_c[sel] = flops / rate
             t_m[sel] = o["bytes"] / memory_rate(profile, cls, o["bytes"])
+            if cls == "activation":  # the GELU family (kind 1) on its own curve
+                gelu = o["bytes"] / memory_rate(profile, GELU_CURVE, o["bytes"])
+                t_m[sel] = np.where(o["d1"] == 1, gelu, t_m[sel])
     kernel = np.maximum(t_c, t_m)
     curves = profile.opcurves
     launch = curves.launch_s if curves is not None else 0.0

@@ -111,6 +111,9 @@ _ACTIVATION = {
     "_softmax",
     "_log_softmax",
 }
+# activations a CPU evaluates through tanh / erf polynomials: several times SiLU's cost per
+# element there (GELU tanh 3x); recorded with kind 1 in d1 so that a profile may price them apart
+_GELU_FAMILY = {"gelu", "tanh", "erf", "mish", "softplus", "sin", "cos", "log", "log1p"}
 # allocations and metadata queries that are not views in the schema's sense
 _SKIP = {
     "empty",
@@ -249,7 +252,10 @@ def _dims(cls: str, name: str, args: tuple, outputs: list, inputs: list) -> tupl
     if cls == "memory":  # elements moved: an in-place op's source (copy_'s), else the output
         moved = max((t.numel() for t in inputs[1:]), default=1) if name.endswith("_") else 1
         return (moved if moved > 1 else max(t.numel() for t in outputs or inputs), 0, 0, 0)
-    return (max(t.numel() for t in inputs + outputs), 0, 0, 0)
+    numel = max(t.numel() for t in inputs + outputs)
+    if cls == "activation":
+        return (numel, int(name in _GELU_FAMILY), 0, 0)
+    return (numel, 0, 0, 0)
 
 
 class OpRecorder:

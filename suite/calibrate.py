@@ -319,7 +319,7 @@ def plot_op_curves(profile: dict, path: Path) -> Path | None:
         ax.set_ylabel("GFLOP/s")
         ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
-    for cls in ("norm", "elementwise", "memory", "activation"):
+    for cls in ("norm", "elementwise", "memory", "activation", "gelu"):
         p = curves.get(cls) or []
         axes[3].loglog([q["bytes"] for q in p], [q["gb_s"] for q in p], "o-", label=cls)
     axes[3].set_title("memory-bound ops (fp32)")

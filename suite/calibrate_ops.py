@@ -3,8 +3,8 @@
 Per operator class and dtype, the throughput reached over a ladder of sizes: GEMMs (TFLOP/s by
 FLOPs per call), 3x3 convolutions (likewise), scaled-dot-product attention (TFLOP/s by sequence
 length, head dims 32, 64 and 128 on CPUs, 64 and 128 on GPUs), group + layer norm, an elementwise
-add, a copy, and GELU (tanh) + SiLU, the activations of DiTs and UNets (GB/s by bytes read +
-written per call), and the per-call overhead of an operator (launch).
+add, a copy, SiLU (UNets' activation) and GELU (tanh; DiTs', the `gelu` curve of the GELU
+family) (GB/s by bytes read + written per call), and the per-call overhead of an operator.
 
 CPU: fp32, and bf16 where it runs; timed with perf_counter, best of 3 batches of calls. GEMMs are
 timed as a model's linear layers run them: `F.linear` (transposed weight, bias) cycling through
@@ -212,14 +212,15 @@ def measure_op_curves(device: torch.device | None = None, max_call_s: float = 1.
                     nbytes = 2.0 * numel * 4
                 elif op == "elementwise":
                     fns, nbytes = [lambda: torch.add(a, b)], 3.0 * numel * 4
-                elif op == "activation":  # DiTs' GELU (tanh) and UNets' SiLU, the mean
-                    fns = [lambda: F.gelu(a, approximate="tanh"), lambda: F.silu(a)]
-                    nbytes = 2.0 * numel * 4
+                elif op == "activation":  # UNets' SiLU (and sigmoid / exp-like ops)
+                    fns, nbytes = [lambda: F.silu(a)], 2.0 * numel * 4
+                elif op == "gelu":  # DiTs' GELU (tanh): the GELU family's curve
+                    fns, nbytes = [lambda: F.gelu(a, approximate="tanh")], 2.0 * numel * 4
                 else:
                     fns, nbytes = [lambda: a.clone()], 2.0 * numel * 4
                 return fns, nbytes
 
-            for op in ("norm", "elementwise", "memory", "activation"):
+            for op in ("norm", "elementwise", "memory", "activation", "gelu"):
                 timed = []
                 for numel in NUMEL[kind]:
                     fns, nbytes = mem(numel, op)

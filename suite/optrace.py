@@ -36,7 +36,8 @@ import numpy as np
 #   elementwise pointwise arithmetic and reductions: (numel, 0, 0, 0)
 #   memory     ops that only move data (cat, clone, copy, index, pad): (numel, 0, 0, 0)
 #   activation pointwise transcendentals (GELU, SiLU, tanh, exp, softmax outside attention):
-#              (numel, 0, 0, 0); added last, so traces written before it keep their indices
+#              (numel, kind, 0, 0), kind 1 for the GELU family (gelu, tanh, erf, ...), 0 else;
+#              added last, so traces written before it keep their indices
 OP_CLASSES: tuple[str, ...] = (
     "matmul", "conv", "attention", "norm", "elementwise", "memory", "activation",
 )  # fmt: skip

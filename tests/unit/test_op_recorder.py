@@ -188,3 +188,17 @@ def test_expand_refuses_a_tail_step_that_differs_from_the_template():
     assert full_steps["step"].tolist() == list(range(8))
     assert full_steps["t_start"].tolist() == [1, 3, 5, 7, 9, 11, 13, 15]
     assert full_segments.tolist() == [EMPTY] + [3, EMPTY] * 7 + [3]
+
+
+def test_gelu_family_activations_are_recorded_with_their_kind():
+    recorder = OpRecorder()
+    x = torch.empty(4, 8, device=META)
+    recorder.start_rank()
+    with torch.inference_mode(), recorder.recording():
+        F.gelu(x, approximate="tanh")
+        F.silu(x)
+        recorder.boundary()
+    ops = recorder.ops()
+    act = ops[ops["cls"] == OP_CLASSES.index("activation")]
+    # numel in d0; d1 = 1 for the GELU family (its own curve on a CPU), 0 for SiLU
+    assert sorted(zip(act["d0"].tolist(), act["d1"].tolist(), strict=True)) == [(32, 0), (32, 1)]

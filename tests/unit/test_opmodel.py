@@ -77,6 +77,21 @@ def test_op_time_is_the_roofline_max_plus_launch():
     np.testing.assert_allclose(p.compute_bound_s + p.memory_bound_s + p.launch_s, p.time_s)
 
 
+def test_gelu_family_activations_price_on_their_own_curve():
+    gelu = [{"bytes": 1e3, "gb_s": 0.5}, {"bytes": 1e9, "gb_s": 0.5}]
+    silu = [{"bytes": 1e3, "gb_s": 2.0}, {"bytes": 1e9, "gb_s": 2.0}]
+    ops = _ops((0, "activation", "float32", 1, 0.0, 1e6), (1, "activation", "float32", 1, 0.0, 1e6))
+    ops["d1"] = [1, 0]  # kind 1: GELU family (recorded by suite.analytic), 0: SiLU-like
+    p = price(_profile({**CURVES, "activation": silu, "gelu": gelu}), ops)
+    assert p.time_s[0] == pytest.approx(1e6 / 0.5e9) and p.time_s[1] == pytest.approx(1e6 / 2e9)
+    # without a `gelu` curve both take the activation curve; without either, elementwise, then
+    # the copy curve (CURVES has only that one)
+    p = price(_profile({**CURVES, "activation": silu}), ops)
+    assert p.time_s[0] == pytest.approx(p.time_s[1]) == pytest.approx(1e6 / 2e9)
+    p = price(_profile(CURVES), ops)
+    assert p.time_s[0] == pytest.approx(1e6 / 10e9)  # the copy curve: 10 GB/s at 1 MB
+
+
 def test_async_launch_overlaps_kernels():
     prof = _profile({**CURVES, "launch": {"us": 5.0, "async": True}})
     ops = _ops((0, "matmul", "float32", 1, 1e6, 1.0), (1, "matmul", "float32", 1, 1e9, 1.0))

@@ -160,3 +160,13 @@ def test_reproduce_refuses_unknown_names_before_any_work():
     assert out.returncode == 2, out.stderr
     assert "unknown paper experiment(s) distrifusion_tabel1" in out.stderr
     assert "distrifusion_table1" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_measured_runs_answer_before_projections():
+    paper, ours = _table()
+    measured = _ours("ring", 8, 0.52, {"ring": 8}, source="measured", hardware="cuda: A100")
+    comp = compare(paper, pd.concat([ours, pd.DataFrame([measured])], ignore_index=True))
+    ring = comp.set_index(["row_label", "metric"]).loc[("ring", "latency_s")]
+    # a measured run on any hardware answers the row before the projection on the profile
+    assert ring["source"] == "measured" and ring["ours"] == pytest.approx(0.52 + 0.1)
+    assert ring["hardware_used"] == "cuda: A100"

@@ -43,13 +43,20 @@ def _contains(options: str, wanted: str) -> bool:
     return all(have.get(k) == v for k, v in json.loads(wanted).items())
 
 
-def candidates(row: pd.Series, ours: pd.DataFrame) -> pd.DataFrame:
-    """Our rows that answer paper `row` (any number of them: the caller picks the fastest)."""
-    c = ours[
+def same_workload(ours: pd.DataFrame, row: pd.Series) -> pd.Series:
+    """Mask of our rows with paper `row`'s workload, size and steps."""
+    return (
         (ours["workload"] == row["workload"])
         & (ours["height"] == row["height"])
         & (ours["width"] == row["width"])
         & (ours["steps"] == row["steps"])
+    )
+
+
+def candidates(row: pd.Series, ours: pd.DataFrame) -> pd.DataFrame:
+    """Our rows that answer paper `row` (any number of them: the caller picks the fastest)."""
+    c = ours[
+        same_workload(ours, row)
         & (ours["world_size"] == row["devices"])
         & ((ours["source"] == "measured") | (ours["hardware"] == row["hardware_profile"]))
     ]
@@ -79,10 +86,7 @@ def _pick(row: pd.Series, cands: pd.DataFrame) -> pd.Series | None:
 def _baseline(row: pd.Series, ours: pd.DataFrame, mine: pd.Series) -> pd.Series | None:
     """Our single-device run of the same workload, on the same hardware and source."""
     base = ours[
-        (ours["workload"] == row["workload"])
-        & (ours["height"] == row["height"])
-        & (ours["width"] == row["width"])
-        & (ours["steps"] == row["steps"])
+        same_workload(ours, row)
         & (ours["world_size"] == 1)
         & (ours["hardware"] == mine["hardware"])
         & (ours["source"] == mine["source"])

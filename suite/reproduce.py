@@ -96,7 +96,7 @@ def ours_table(
     """The ok runs `run_ids` of the store projected on each profile the paper's `rows` name:
     loop, text and VAE seconds, link share; anchored copies when `anchor`."""
     from analysis.hardware import load_profile
-    from analysis.paper_match import STAGES
+    from analysis.paper_match import STAGES, same_workload
     from analysis.projection import StoreTraces, project_one
     from suite.results import ResultStore
 
@@ -124,13 +124,7 @@ def ours_table(
             key = tuple(
                 ref[k] for k in ("hardware_profile", "workload", "height", "width", "steps")
             )
-            mine = ours[
-                (ours["hardware"] == ref["hardware_profile"])
-                & (ours["workload"] == ref["workload"])
-                & (ours["height"] == ref["height"])
-                & (ours["width"] == ref["width"])
-                & (ours["steps"] == ref["steps"])
-            ]
+            mine = ours[(ours["hardware"] == ref["hardware_profile"]) & same_workload(ours, ref)]
             base = mine[mine["world_size"] == 1]
             if base.empty or key in seen:  # one anchor per profile and workload
                 continue

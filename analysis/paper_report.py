@@ -5,6 +5,7 @@ reports/papers/index.md (one line per table: median error, fastest-method agreem
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -50,26 +51,30 @@ def explain(row: pd.Series, notes: list[dict]) -> str:
     return " ".join(hits) if hits else "UNEXPLAINED"
 
 
-def _speedup_points(comp: pd.DataFrame) -> pd.DataFrame:
-    """(table, column, method, devices, paper, ours) speedups: the speedup rows as they are, and
-    the latency rows over the single-device latency row of the same table column."""
+def _speedup_points(comp: pd.DataFrame) -> pd.DataFrame | None:
+    """(panel, method, devices, paper, ours) speedups: the speedup rows as they are, and each
+    multi-device latency row over the single-device latency row of the same table and size (on
+    the same hardware profile where the table has one there, else on any). A panel is one table,
+    size and hardware profile."""
     pts = []
+    single = comp[(comp["metric"] == "latency_s") & (comp["devices"] == 1)]
     for _, r in comp.iterrows():
         if r["metric"] == "speedup":
             pts.append((r, r["value"], r["ours"]))
         elif r["metric"] == "latency_s" and r["devices"] > 1:
-            base = comp[
-                (comp["metric"] == "latency_s")
-                & (comp["devices"] == 1)
-                & (comp["table_or_figure"] == r["table_or_figure"])
-                & (comp["column_label"] == r["column_label"])
-                & (comp["hardware_profile"] == r["hardware_profile"])
+            base = single[
+                (single["table_or_figure"] == r["table_or_figure"])
+                & (single["height"] == r["height"])
+                & (single["width"] == r["width"])
+                & (single["steps"] == r["steps"])
             ]
+            here = base[base["hardware_profile"] == r["hardware_profile"]]
+            base = here if len(here) else base
             if len(base):
                 b = base.iloc[0]
                 pts.append((r, b["value"] / r["value"], b["ours"] / r["ours"]))
     rows = [
-        {"panel": f"{r['table_or_figure']}: {r['column_label']} ({r['hardware_profile']})",
+        {"panel": f"{r['table_or_figure']}: {r['height']}x{r['width']} ({r['hardware_profile']})",
          "method": r["method"], "devices": int(r["devices"]), "paper": p, "ours": o}
         for r, p, o in pts
     ]  # fmt: skip
@@ -101,7 +106,7 @@ def plot_speedups(comp: pd.DataFrame, path: Path, title: str) -> Path | None:
         top = max(sub["devices"].max(), 2)
         ax.plot([1, top], [1, top], ":", color="grey", lw=0.8)  # linear scaling
         ax.set_xscale("log", base=2)
-        ax.set_title(panel, fontsize=8)
+        ax.set_title(textwrap.fill(panel, 48), fontsize=7)
         ax.set_xlabel("devices", fontsize=8)
         ax.set_ylabel("speedup over 1 device", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -171,10 +171,20 @@ FIDELITY: tuple[Column, ...] = (
     Column("run_id", "TEXT", "scored run"),
     Column("baseline_run_id", "TEXT", "single-device run it is compared with"),
     Column("reference", "TEXT", "original (vs baseline outputs) / ground_truth"),
-    Column("metric", "TEXT", "psnr / ssim / lpips / fid"),
+    Column(
+        "metric",
+        "TEXT",
+        "psnr / ssim / lpips / fid / fid_torchmetrics; videos also psnr_frame / ssim_frame / "
+        "lpips_frame (one row per frame), psnr_frame_std, flicker, fvd",
+    ),
     Column("value", "REAL", "metric value; empty when missing"),
     Column("backbone", "TEXT", "network behind the metric, or why it is missing"),
-    Column("n_images", "INTEGER", "images the value rests on"),
+    Column("n_images", "INTEGER", "images the value rests on (clips for video metrics)"),
+    Column(
+        "frame",
+        "INTEGER",
+        "frame index in the clip of a per-frame video metric (*_frame); empty otherwise",
+    ),
 )
 
 PROJECTION: tuple[Column, ...] = (

@@ -1,4 +1,4 @@
-"""Pretrained networks behind LPIPS and FID, loaded from a local weights directory or downloaded.
+"""Pretrained networks behind LPIPS, FID and FVD, loaded from a local weights directory or downloaded.
 
 Never an untrained stand-in: when a file is neither in the weights directory nor downloadable,
 loading raises `MissingWeights` with the reason and a one-line instruction, and the metric is
@@ -12,6 +12,7 @@ with internet fetches each file once. The files, by their upstream names:
     alexnet-owt-7be5be79.pth                   torchvision AlexNet (LPIPS backbone)
     inception-2015-12-05.pt                    clean-fid's TorchScript Inception-v3 (FID)
     weights-inception-2015-12-05-6726825d.pth  torch-fidelity Inception-v3 (torchmetrics FID)
+    i3d_torchscript.pt                         StyleGAN-V's TorchScript I3D (FVD)
 
 LPIPS's linear calibration layers (v0.1, AlexNet) ship inside torchmetrics; nothing to fetch.
 """
@@ -54,9 +55,16 @@ TM_INCEPTION = WeightFile(
     "torch-fidelity Inception-v3 (torchmetrics FID)",
 )
 
+I3D = WeightFile(
+    "i3d_torchscript.pt",
+    "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1",
+    "StyleGAN-V TorchScript I3D, the TF-Hub Kinetics-400 I3D of the original FVD (FVD)",
+)
+
 LPIPS_NAME = "AlexNet + LPIPS v0.1 linear layers (torchmetrics, normalize=True)"
 CLEANFID_NAME = "Inception-v3 (clean-fid TorchScript, clean mode)"
 TM_FID_NAME = "Inception-v3 (torch-fidelity, torchmetrics FID)"
+I3D_NAME = "I3D Kinetics-400 (StyleGAN-V TorchScript, 400 logits before softmax)"
 
 
 class MissingWeights(RuntimeError):
@@ -142,3 +150,22 @@ def torchmetrics_fid(weights_dir: str | Path | None = None, allow_download: bool
     return FrechetInceptionDistance(
         feature=2048, normalize=True, feature_extractor_weights_path=str(path)
     )
+
+
+class I3DFeatures:
+    """StyleGAN-V's TorchScript I3D as an FVD feature extractor: (N, 3, T, 224, 224) videos in
+    [-1, 1] -> (N, 400) logits before the softmax (its own rescale and resize switched off, as
+    StyleGAN-V computes FVD: the frames are resized before)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    @torch.no_grad()
+    def __call__(self, videos: torch.Tensor) -> torch.Tensor:
+        return self.module(videos, rescale=False, resize=False, return_features=True)
+
+
+def i3d_net(weights_dir: str | Path | None = None, allow_download: bool | None = None):
+    """The FVD backbone (I3DFeatures) from i3d_torchscript.pt in the weights directories."""
+    path = weight_file(I3D, weights_dir, allow_download)
+    return I3DFeatures(torch.jit.load(str(path), map_location="cpu").eval())

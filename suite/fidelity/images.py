@@ -5,11 +5,15 @@ How latents become RGB (the source is written to images/SOURCE.txt and shown in 
 - a workload whose `weights` name a local pipeline directory with a `vae/` folder: VAE decode;
 - otherwise a fixed latent-to-RGB projection (PROJECTION below): no network, the same map for
   every run, so differences between runs show, though the colours mean nothing.
+Video latents (B, C, F, h, w) follow the same rule frame by frame (pixel space, else the
+projection of each latent frame; a video VAE decode is not done here yet) and are saved as B * F
+PNGs, clip after clip, with the layout in images/VIDEO.json so that scores can be per frame.
 Fidelity is always computed on the saved 8-bit PNGs, as the papers score saved images.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -18,6 +22,7 @@ import torch
 
 IMAGES = "images"
 SOURCE_FILE = "SOURCE.txt"
+VIDEO_FILE = "VIDEO.json"  # {"clips": B, "frames": F} of a video run's images
 
 # Short labels (stored in SOURCE.txt and the fidelity table's backbone column) and what they mean.
 PIXEL_SPACE = "pixel space"
@@ -75,10 +80,14 @@ def decode(
 ) -> tuple[torch.Tensor, str]:
     """(images (N, 3, H, W) in [0, 1], how they were made) for a preset's final latents.
 
-    Video latents (B, C, F, h, w) give one projected image per latent frame, clip after clip
-    (B * F images): per-frame scores until a video VAE decode exists here."""
+    Video latents (B, C, F, h, w) give B * F images, clip after clip, by the image rule applied
+    to each (latent) frame; a video VAE decode does not exist here yet, so a latent video model
+    is projected per latent frame."""
     if latents.ndim == 5:
-        return project_latents(latents.transpose(1, 2).flatten(0, 1)), PROJECTION
+        frames = latents.transpose(1, 2).flatten(0, 1)  # (B * F, C, h, w), clip after clip
+        if preset.pixel_space:
+            return ((frames.float() + 1) / 2).clamp(0, 1), PIXEL_SPACE
+        return project_latents(frames), PROJECTION
     if preset.pixel_space:
         return ((latents.float() + 1) / 2).clamp(0, 1), PIXEL_SPACE
     vae_dir = _vae_dir(weights)
@@ -143,4 +152,20 @@ def write_run_images(spec, run_dir: Path, latents: torch.Tensor | None = None) -
     images, source = decode(preset, latents, getattr(spec, "weights", None), device)
     folder = run_dir / IMAGES
     save_images(images, folder, source)
+    if latents.ndim == 5:
+        save_video_layout(folder, clips=latents.shape[0], frames=latents.shape[2])
     return folder
+
+
+def save_video_layout(folder: Path, clips: int, frames: int) -> None:
+    """Record that a folder's images are `clips` videos of `frames` frames, clip after clip."""
+    (Path(folder) / VIDEO_FILE).write_text(json.dumps({"clips": clips, "frames": frames}) + "\n")
+
+
+def video_layout(folder: Path) -> tuple[int, int] | None:
+    """(clips, frames per clip) of a video run's image folder; None for images."""
+    path = Path(folder) / VIDEO_FILE
+    if not path.is_file():
+        return None
+    layout = json.loads(path.read_text())
+    return int(layout["clips"]), int(layout["frames"])

@@ -6,7 +6,9 @@ preferred, then the newest): it denoised the same seeds, so image i of both is t
 up to what the parallel method changed. A baseline itself gets only ground-truth rows.
 
 Rows per scored run and reference: psnr, ssim, lpips, fid, fid_torchmetrics ('original'); fid,
-fid_torchmetrics ('ground_truth'). A metric whose network is unavailable is stored with an empty
+fid_torchmetrics ('ground_truth'). A video run (images/VIDEO.json) also gets, vs original, the
+rows of suite.fidelity.video: psnr_frame / ssim_frame / lpips_frame per frame, psnr_frame_std,
+flicker and fvd. A metric whose network is unavailable is stored with an empty
 value and backbone 'missing: <reason and what to do>'; a run is never scored with a stand-in.
 """
 
@@ -25,7 +27,15 @@ import pandas as pd
 
 from suite.fidelity import backbones as fb
 from suite.fidelity import metrics as fm
-from suite.fidelity.images import IMAGES, image_files, image_source, load_images, write_run_images
+from suite.fidelity import video as fv
+from suite.fidelity.images import (
+    IMAGES,
+    image_files,
+    image_source,
+    load_images,
+    video_layout,
+    write_run_images,
+)
 from suite.results import ResultStore
 
 MATCH = (
@@ -54,11 +64,13 @@ class FidelityOptions:
 
 @dataclass
 class Backbones:
-    """The networks behind lpips / fid / fid_torchmetrics, loaded once, or why they are missing.
+    """The networks behind lpips / fid / fid_torchmetrics / fvd, loaded once, or why they are
+    missing.
 
     Tests inject small networks as (name, object): lpips an _LPIPS-like module, fid a feature
     extractor on (N, 3, 299, 299) images in [0, 255], fid_torchmetrics a zero-argument factory of
-    a torchmetrics FrechetInceptionDistance.
+    a torchmetrics FrechetInceptionDistance, fvd a feature extractor on (N, 3, F, 224, 224)
+    videos in [-1, 1].
     """
 
     options: FidelityOptions = field(default_factory=FidelityOptions)
@@ -78,6 +90,7 @@ class Backbones:
                     fb.TM_FID_NAME,
                     lambda d, a: lambda: fb.torchmetrics_fid(d, a),
                 ),
+                "fvd": (fb.I3D_NAME, fb.i3d_net),
             }
             name, load = loaders[metric]
             try:
@@ -156,23 +169,33 @@ def _fid_rows(
 
 
 def compare_original(run_folder: Path, base_folder: Path, backbones: Backbones) -> list[dict]:
-    """psnr, ssim, lpips (image i vs image i) and the FIDs of a run vs its baseline."""
+    """psnr, ssim, lpips (image i vs image i) and the FIDs of a run vs its baseline; for video
+    runs also the per-frame, temporal and FVD rows (suite.fidelity.video)."""
     run, base = load_images(run_folder), load_images(base_folder)
     if run.shape != base.shape:
         raise ValueError(f"run images {tuple(run.shape)} vs baseline {tuple(base.shape)} differ")
     label, n = image_source(run_folder), run.shape[0]
+    per_image = {"psnr": fm.psnr(run, base), "ssim": fm.ssim(run, base)}
     rows = [
-        _row("psnr", fm.psnr(run, base).mean(), f"none (pixels); images: {label}", n, ORIGINAL),
-        _row("ssim", fm.ssim(run, base).mean(), f"none (pixels); images: {label}", n, ORIGINAL),
+        _row(m, per_image[m].mean(), f"none (pixels); images: {label}", n, ORIGINAL)
+        for m in ("psnr", "ssim")
     ]
     try:
         name, net = backbones.get("lpips")
+        per_image["lpips"] = fm.lpips(run, base, net)
         rows.append(
-            _row("lpips", fm.lpips(run, base, net).mean(), f"{name}; images: {label}", n, ORIGINAL)
+            _row("lpips", per_image["lpips"].mean(), f"{name}; images: {label}", n, ORIGINAL)
         )
     except fb.MissingWeights as e:
         rows.append(_row("lpips", None, f"missing: {e}", n, ORIGINAL))
-    return rows + _fid_rows(run_folder, base_folder, backbones, ORIGINAL, label)
+    rows += _fid_rows(run_folder, base_folder, backbones, ORIGINAL, label)
+    layout = video_layout(run_folder)
+    if layout is None:
+        return rows
+    if layout != video_layout(base_folder):
+        raise ValueError(f"run clips {layout} vs baseline {video_layout(base_folder)} differ")
+    videos = fv.as_videos(run, *layout), fv.as_videos(base, *layout)
+    return rows + fv.video_rows(*videos, backbones, label, per_image)
 
 
 def compare_reference(run_folder: Path, reference: Path, backbones: Backbones) -> list[dict]:
@@ -216,11 +239,16 @@ def find_baseline(runs: pd.DataFrame, run: pd.Series) -> pd.Series | None:
 
 
 def run_images(store: ResultStore, run: pd.Series, spec: Any = None) -> Path | None:
-    """The run's image folder, decoded from latents.pt first if needed; None without both."""
+    """The run's image folder, decoded from latents.pt first if needed; None without both.
+
+    A video run's images saved before VIDEO.json existed are decoded again to get it."""
     run_dir = store.root / str(run["output_dir"])
     folder = run_dir / IMAGES
-    if folder.is_dir() and image_files(folder):
+    old_video = pd.notna(run.get("frames")) and folder.is_dir() and video_layout(folder) is None
+    if folder.is_dir() and image_files(folder) and not old_video:
         return folder
+    if old_video and not (run_dir / "latents.pt").is_file():
+        return folder if image_files(folder) else None
     if not (run_dir / "latents.pt").is_file():
         return None
     spec = spec or SimpleNamespace(workload=run["workload"], device="cpu", weights=None)

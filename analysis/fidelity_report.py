@@ -34,7 +34,7 @@ STRIP_FRAMES = 8  # frames (columns) of a video strip, evenly spaced over the cl
 GIF_FRAME_MS = 250  # display time of one frame of a comparison GIF
 VIDEO_COLUMNS = ("psnr", "psnr_frame_std", "ssim", "lpips", "flicker", "fvd")
 METRIC_COLUMNS = ("psnr", "ssim", "lpips", *FIDS)
-_DECIMALS = {"psnr": 2, "ssim": 4, "lpips": 4}
+_DECIMALS = {"psnr": 2, "ssim": 4, "lpips": 4, "psnr_frame_std": 2, "flicker": 3}
 
 
 def _value(v: object, metric: str, backbone: object) -> str:
@@ -128,7 +128,8 @@ def _video_table(df: pd.DataFrame) -> list[Block]:
                 continue
             r = whole.loc[m]
             cells.append(_value(r["value"], m, r["backbone"]))
-            if str(r["backbone"]).startswith("missing"):
+            if str(r["backbone"]).startswith("missing") and m not in METRIC_COLUMNS:
+                # lpips' reason is already under the main table
                 reasons.append(f"{m}: {str(r['backbone']).removeprefix('missing: ')}")
         cells.append(" ".join(fmt_fixed(v, 1) for v in per_frame["value"]))
         rows.append(cells)

@@ -58,7 +58,7 @@ TM_INCEPTION = WeightFile(
 I3D = WeightFile(
     "i3d_torchscript.pt",
     "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1",
-    "StyleGAN-V TorchScript I3D, the TF-Hub Kinetics-400 I3D of the original FVD (FVD)",
+    "StyleGAN-V's TorchScript of the original FVD's Kinetics-400 I3D (FVD)",
 )
 
 LPIPS_NAME = "AlexNet + LPIPS v0.1 linear layers (torchmetrics, normalize=True)"

@@ -308,7 +308,7 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
                 continue  # a size of the other kind (clip / image): reported above if none fits
             frames, (h, w) = (size[0], size[1:]) if len(size) == 3 else (0, size)
             where = f"{path} on {preset.name} {'x'.join(map(str, size))}"
-            if preset.video and (why := video_unsupported(strategy.name)):
+            if preset.video and (why := video_unsupported(strategy.name, preset.family)):
                 problems.append(
                     f"{path}.name: strategy '{strategy.name}' cannot run video model "
                     f"'{preset.name}': {why}"

@@ -132,5 +132,5 @@ def check_options(entry: dict, strategy, path: str, problems: list[str]) -> list
             sweep_values.append([(name, v) for v in values])
     if len(problems) > before:
         return []
-    resolved = {k: o.default for k, o in strategy.options.items()} | base
+    resolved = {k: o.default for k, o in strategy.options.items() if o.stored} | base
     return [resolved | dict(combo) for combo in itertools.product(*sweep_values)]

@@ -67,6 +67,10 @@ class Option:
     choices: tuple | None = None
     kind: type | None = None
     minimum: float | None = None
+    # False: the default is resolved when the strategy is applied and a run stores the option
+    # only when a config sets it, so adding an option keeps the identity (run id) of the runs
+    # stored before it existed
+    stored: bool = True
 
     def check(self, name: str, value: Any) -> str | None:
         # by type too: 0 == False and 1.0 == 1 must not pass for a boolean or an int choice

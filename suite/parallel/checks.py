@@ -12,20 +12,18 @@ from suite.parallel.plans import PIPE_PLANS, PLANS, SEQUENCE_FAMILIES, get_plan,
 UNET_FAMILIES = frozenset({"unet", "unet2d"})  # convolutional: bands of latent rows, halos
 COALESCE_MODES = ("none", "block", "step")  # distrifusion: async all-gathers batched
 GN_MODES = ("separate", "stale", "corrected", "sync")  # distrifusion's GroupNorm statistics
-SPLITS = ("row", "column", "alternate")  # naive_patch's bands
+# naive_patch's bands: images by rows, columns or both in turn; video (patch_video.py) along
+# latent frames, token rows (height) or both in turn
+SPLITS = ("row", "column", "alternate", "frames", "height")
+IMAGE_SPLITS, VIDEO_SPLITS = ("row", "column", "alternate"), ("frames", "height", "alternate")
+# distrifusion's: images by rows only; video by frames (the default there) or height
+DISTRI_SPLITS = ("row", "frames", "height")
 
 
 # -- video models ------------------------------------------------------------------------------
 
 # Strategies that do not run video presets (yet), and why: told before any process starts.
 VIDEO_UNSUPPORTED = {
-    "naive_patch": "patch parallelism cuts a 2-D latent into bands of rows (and halos for "
-    "UNets); splitting a clip along frames or height is not implemented yet",
-    "distrifusion": "patch parallelism cuts a 2-D latent into bands of rows (and halos for "
-    "UNets); splitting a clip along frames or height is not implemented yet",
-    "pipefusion": "PipeFusion's patches are bands of a 2-D token grid and its stages assume "
-    "blocks that return only the image stream (HunyuanVideo and CogVideoX also update the text "
-    "from every video token); patches along the video token sequence are not implemented yet",
     "tensor": "there is no tensor-parallel plan for video models yet: Wan normalizes queries "
     "and keys across all heads (a head-sharded projection would need that RMSNorm's statistics "
     "all-reduced) and the video MLP splits are not planned",
@@ -33,12 +31,25 @@ VIDEO_UNSUPPORTED = {
     "only; use ulysses, ring or usp",
     "diffusers_tp": "the wrapper of diffusers' tensor parallelism is set up for image models only",
 }
+# ... and per (strategy, video family)
+_JOINT_PIPE = (
+    "PipeFusion pipelines blocks whose text input is fixed (Wan's cross-attention); {model}'s "
+    "blocks update the text stream from every video token by joint attention, so running the "
+    "video in patches would change what the text sees (as for SD3 and Flux); pipefusion runs "
+    "on Wan"
+)
+VIDEO_UNSUPPORTED_FAMILY = {
+    ("pipefusion", "hunyuanvideo"): _JOINT_PIPE.format(model="HunyuanVideo"),
+    ("pipefusion", "cogvideox"): _JOINT_PIPE.format(model="CogVideoX"),
+}
 
 
-def video_unsupported(name: str) -> str | None:
-    """Why strategy `name` (parts joined by '+') cannot run a video preset; None if it can."""
+def video_unsupported(name: str, family: str | None = None) -> str | None:
+    """Why strategy `name` (parts joined by '+') cannot run a video preset (of `family`, when
+    given); None if it can."""
     parts = [p.strip() for p in name.split("+")] if isinstance(name, str) else []
-    reasons = [f"{p}: {VIDEO_UNSUPPORTED[p]}" for p in parts if p in VIDEO_UNSUPPORTED]
+    why = {p: VIDEO_UNSUPPORTED.get(p) or VIDEO_UNSUPPORTED_FAMILY.get((p, family)) for p in parts}
+    reasons = [f"{p}: {text}" for p, text in why.items() if text]
     if not reasons:
         return None
     return reasons[0].split(": ", 1)[1] if len(parts) == 1 else "; ".join(reasons)
@@ -114,12 +125,64 @@ def _check_bands(spec, preset, axes: tuple[str, ...]) -> list[str]:
     return errors
 
 
+def _check_video_bands(spec, preset, split: str, allowed: tuple[str, ...]) -> list[str]:
+    """Errors unless `split` names video axes and the patch degree cuts each into equal bands."""
+    from workloads.video_size import latent_frames, temporal_patch
+
+    if split not in allowed:
+        return [
+            f"option 'split' is {split!r}, which {preset.name} (a video model) does not "
+            f"have; allowed on video: {', '.join(map(repr, allowed))}"
+        ]
+    n = dict(spec.degrees).get("patch", 1)
+    rows = video_token_rows(preset, spec.height)
+    sizes = {
+        "frames": (latent_frames(preset, spec.frames) // temporal_patch(preset), "latent frames"),
+        "height": (rows, "token rows per frame"),
+    }
+    clip = f"{spec.frames}x{spec.height}x{spec.width}"
+    errors = []
+    for axis in ("frames", "height") if split == "alternate" else (split,):
+        total, unit = sizes[axis]
+        if total % n:
+            allowed_n = [d for d in range(1, total + 1) if total % d == 0]
+            errors.append(
+                f"patch degree {n} does not split the {total} {unit} of the {clip} clip into "
+                f"equal bands (split: {split}); allowed patch degrees here: "
+                f"{', '.join(map(str, allowed_n))}"
+            )
+    return errors
+
+
+def video_token_rows(preset, height: int) -> int:
+    """Token rows per frame of a video preset (its spatial patch is `spatial_multiple`)."""
+    return height // (preset.vae_scale_factor * preset.spatial_multiple)
+
+
+def _image_split(split: str, preset, allowed: tuple[str, ...]) -> list[str]:
+    if split in allowed:
+        return []
+    return [
+        f"option 'split' is {split!r}, which applies to video models only; allowed on "
+        f"{preset.name} (an image model): {', '.join(map(repr, allowed))}"
+    ]
+
+
 def validate_naive_patch(spec, preset) -> list[str]:
     split = spec.options_dict.get("split", "alternate")
+    if preset.video:
+        return _check_video_bands(spec, preset, split, VIDEO_SPLITS)
+    if bad := _image_split(split, preset, IMAGE_SPLITS):
+        return bad
     return _check_bands(spec, preset, ("row", "column") if split == "alternate" else (split,))
 
 
 def validate_distrifusion(spec, preset) -> list[str]:
+    split = spec.options_dict.get("split")  # unset: rows on images, frames on video
+    if preset.video:
+        return _check_video_bands(spec, preset, split or "frames", ("frames", "height"))
+    if bad := _image_split(split or "row", preset, ("row",)):
+        return bad
     return _check_bands(spec, preset, ("row",))
 
 
@@ -159,10 +222,24 @@ def validate_pipefusion(spec, preset) -> list[str]:
             f"{preset.name}; every stage needs at least one block"
         )
     rows, cols = image_tokens(get_plan(preset.family), preset, spec.height, spec.width)
+    where = f"height {spec.height} px gives {rows} token rows"
+    if preset.video:
+        side = preset.vae_scale_factor * preset.spatial_multiple
+        rows, cols = spec.height // side, spec.width // side
+        # a patch is a run of whole token rows of the frame-major sequence (it may span frames)
+        from workloads.video_size import latent_frames, temporal_patch
+
+        frames = latent_frames(preset, spec.frames) // temporal_patch(preset)
+        where = (
+            f"the {spec.frames}x{spec.height}x{spec.width} clip has {frames} latent frames x "
+            f"{rows} = {frames * rows} token rows"
+        )
+        rows *= frames
     if rows % patches:
+        allowed = [d for d in range(stages, rows + 1) if rows % d == 0]
         errors.append(
-            f"height {spec.height} px gives {rows} token rows, which do not split into "
-            f"{patches} equal patches; choose patches (M) dividing {rows}"
+            f"{where}, which do not split into {patches} equal patches; choose patches (M) "
+            f"dividing {rows} (M >= {stages}: {', '.join(map(str, allowed)) or 'none'})"
         )
     shards = degrees.get("ring", 1) * degrees.get("ulysses", 1)
     if not rows % patches and (rows // patches * cols) % shards:

@@ -17,6 +17,9 @@ self-attention, GroupNorm statistics per `gn_mode`; token models: K/V only, no h
 `full_sync` makes every exchange blocking and fresh ("Sync. PP"): the single-device output.
 For the CFG batch split, compose with `cfg` on an outer axis: this strategy uses only 'patch'
 and works for any batch.
+
+Video DiTs (Wan, HunyuanVideo, CogVideoX): bands of the video token sequence along latent
+frames or token rows (`split: frames | height`), see patch_video.py.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from suite.parallel.patch_modules import (
     exchange_self_attention,
 )
 from suite.parallel.patch_state import PatchState
+from suite.parallel.patch_video import apply_video_patch
 
 # -- per-family plans (data; to move into suite/parallel/plans.py) -------------------------
 
@@ -148,6 +152,8 @@ def _steps(workload) -> int:
 
 def apply_distrifusion(workload, comm, options) -> Parallelized:
     """DistriFusion on the 'patch' axis: the model's modules wrapped in place."""
+    if workload.preset.video:  # bands of video tokens (patch_video.py)
+        return apply_video_patch(workload, comm, options, displaced=True)
     plan = PLANS[workload.preset.family]
     state = PatchState(
         comm,
@@ -171,6 +177,8 @@ def apply_distrifusion(workload, comm, options) -> Parallelized:
 
 def apply_naive_patch(workload, comm, options) -> Parallelized:
     """Naive patch parallelism: bands denoised independently, outputs gathered every step."""
+    if workload.preset.video:
+        return apply_video_patch(workload, comm, options, displaced=False)
     state = PatchState(comm, split=options["split"], total_steps=_steps(workload))
     family = workload.preset.family
     if family in UNET_FAMILIES:

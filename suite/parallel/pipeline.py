@@ -13,9 +13,11 @@ Only stage-boundary activations travel: per step each middle stage receives and 
 whole image's activations once (2 x batch x tokens x hidden x element bytes), independent of L.
 
 Model surgery: pipeline_stage.py; the patch-wise loop: pipeline_loop.py; bubble accounting:
-pipeline_bubble.py. Families: pixart and dit (blocks whose only stream is the image). SD3 and
-Flux are rejected: their joint-attention blocks update the text stream from all image tokens in
-every block, which patch-wise processing changes; xDiT's handling of that is not implemented.
+pipeline_bubble.py. Families: pixart, dit and wan (blocks whose only stream is the image or
+video; Wan's patches are runs of whole token rows of its frame-major video sequence, see
+pipeline_stage.py). SD3, Flux, HunyuanVideo and CogVideoX are rejected: their joint-attention
+blocks update the text stream from all image tokens in every block, which patch-wise processing
+changes; xDiT's handling of that is not implemented.
 """
 
 from __future__ import annotations
@@ -36,13 +38,17 @@ def apply_pipefusion(workload, comm, options) -> Parallelized:
     patches = resolve_patches(options, stages)
     model = workload.denoiser.model
     shards = mesh.size("ring") * mesh.size("ulysses")  # a sequence split inside each stage
-    stage = build_stage(model, family, index, stages, patches, shards)
+    # latent pixels per token side: a video preset's own patch (Wan-shaped presets may
+    # patchify 4x4 pixels), else the family plan's
+    preset = workload.preset
+    token_patch = preset.spatial_multiple if preset.video else get_plan(family).token_patch
+    stage = build_stage(model, family, index, stages, patches, shards, token_patch)
     loop = PipeLoop(
         comm=comm,
         stage=stage,
         warmup_steps=int(options["warmup_steps"]),
         hidden=hidden_size(model),
-        token_patch=get_plan(family).token_patch,
+        token_patch=token_patch,
         shards=shards,
     )
     return Parallelized(

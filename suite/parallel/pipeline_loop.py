@@ -114,12 +114,18 @@ class PipeLoop:
         cfg = inputs.uncond is not None
         cond = inputs.model_cond()
         latents = initial_latents(solvers[0], inputs.latents)
+        shape = latents.shape
+        # video (B, C, F, h, w): frames x rows as one axis of rows. Tokens are frame-major and
+        # row-major, so a patch (a contiguous run of whole token rows) is a band of these rows
+        latents = latents.reshape(*shape[:2], -1, shape[-1])
         b, c, h, w = latents.shape
         rows = h // m_count
         band = [slice(m * rows, (m + 1) * rows) for m in range(m_count)]
         # stage 0's latents, one tensor per patch (its solver's state; never a view of another)
         parts = [latents[:, :, band[m]].clone() for m in range(m_count)]
-        x = latents.new_zeros((2 * b if cfg else b, c, h, w))  # model input (stage 0 fills it)
+        # model input (stage 0 fills it) and its view as rows
+        x = latents.new_zeros((2 * b if cfg else b, *shape[1:]))
+        x_rows = x.view(x.shape[0], c, h, w)
         tokens = (h // self.token_patch) * (w // self.token_patch) // self.shards  # per rank
         act_full = (x.shape[0], tokens, self.hidden)
         act_patch = (x.shape[0], tokens // m_count, self.hidden)
@@ -142,7 +148,7 @@ class PipeLoop:
             if stage.first:
                 for m in todo:  # each band scaled by its own solver (Euler tracks sigma)
                     xin = scale_input(solvers[m], parts[m], t)
-                    x[:, :, band[m]] = torch.cat([xin, xin]) if cfg else xin
+                    x_rows[:, :, band[m]] = torch.cat([xin, xin]) if cfg else xin
             else:
                 cursor.inbox = mail.take(i, j)
             try:
@@ -150,6 +156,7 @@ class PipeLoop:
             except StageOutput as done:
                 mail.send(i, done.hidden_states, dst=k + 1)
                 return
+            out = out.reshape(out.shape[0], c, h, w)
             for m in todo:
                 pred = out[:, :, band[m]]
                 pred = combine_cfg(pred, workload.guidance) if cfg else pred
@@ -213,7 +220,7 @@ class PipeLoop:
             if i == last:
                 # stage 0 holds the final latents; other stages return their initial ones
                 # (same shape, so the outer strategies' gathers still match up)
-                latents = torch.cat(parts, dim=2) if stage.first else latents
+                latents = (torch.cat(parts, dim=2) if stage.first else latents).reshape(shape)
                 latents = finalize(latents) if finalize is not None else latents
             if after_step is not None:
                 after_step(i)

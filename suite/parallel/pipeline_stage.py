@@ -22,6 +22,11 @@ runs. For the whole-image steps the embedding hook orders the tokens so that the
 split hands each rank its shard of every patch, patch after patch (the K/V cache's layout); the
 placement hook restores row-major order after their gather.
 
+Video (Wan): the tokens are F' x h' x w', frame-major; a patch is a contiguous run of whole token
+rows, which may span frames. Wan flattens its patch embedding's output inside forward, so the
+patch is taken at the first block's input (the plan's `split_before`) and its rows of the rope
+table with it (`split_outputs`): every patch is rotated at its true 3-D positions.
+
 Family knowledge is data (`plans.PIPE_PLANS`, beside the shared plans).
 """
 
@@ -99,17 +104,23 @@ class Skipped(nn.Module):
 
 class EmbedStub(nn.Module):
     """The patch embedding of a stage that is not the first: no parameters, no compute; returns
-    an uninitialised (batch, tokens, hidden) placeholder the first block's pre-hook replaces."""
+    an uninitialised (batch, tokens, hidden) placeholder the first block's pre-hook replaces
+    (Wan: (batch, hidden, tokens), which the model flattens and transposes itself)."""
 
-    def __init__(self, hidden: int, token_patch: int, cursor: PatchCursor):
+    def __init__(
+        self, hidden: int, token_patch: int, cursor: PatchCursor, channels_first: bool = False
+    ):
         super().__init__()
         self.hidden, self.token_patch, self.cursor = hidden, token_patch, cursor
+        self.channels_first = channels_first
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = latent.shape
-        total = (h // self.token_patch) * (w // self.token_patch)
+        b, (h, w) = latent.shape[0], latent.shape[-2:]
+        frames = latent.shape[2] if latent.ndim == 5 else 1  # video: temporal patch 1 (Wan 2.1)
+        total = frames * (h // self.token_patch) * (w // self.token_patch)
         n = len(range(total)[self.cursor.tokens(total)])
-        return latent.new_empty((b, n, self.hidden))
+        shape = (b, self.hidden, n) if self.channels_first else (b, n, self.hidden)
+        return latent.new_empty(shape)
 
 
 @dataclass
@@ -182,10 +193,18 @@ def hidden_size(model: nn.Module) -> int:
 
 
 def build_stage(
-    model: nn.Module, family: str, index: int, stages: int, patches: int, shards: int = 1
+    model: nn.Module,
+    family: str,
+    index: int,
+    stages: int,
+    patches: int,
+    shards: int = 1,
+    token_patch: int | None = None,
 ) -> Stage:
-    """Cut `model` in place down to stage `index` of `stages` and install the patch hooks."""
+    """Cut `model` in place down to stage `index` of `stages` and install the patch hooks
+    (`token_patch`: latent pixels per token side; None: the family plan's)."""
     pipe, plan = PIPE_PLANS[family], plans.get_plan(family)
+    token_patch = token_patch or plan.token_patch
     blocks: nn.ModuleList = model.get_submodule(pipe.blocks)
     start, stop = stage_bounds(len(blocks), stages)[index]
     cursor = PatchCursor(patches=patches, shards=shards)
@@ -201,11 +220,21 @@ def build_stage(
         if not start <= int(j) < stop:
             _graft(blocks[int(j)], rest, module)
 
-    if index == 0:
+    embed = pipe.embed or plan.split_after
+    if index == 0 and plan.split_after:
         model.get_submodule(plan.split_after).register_forward_hook(_select(cursor), prepend=True)
+    elif index == 0:  # Wan: the patch's tokens taken at the first block's input
+        model.get_submodule(plan.split_before).register_forward_pre_hook(
+            _select_input(cursor), with_kwargs=True, prepend=True
+        )
     else:
-        _set(model, plan.split_after, EmbedStub(hidden_size(model), plan.token_patch, cursor))
+        stub = EmbedStub(hidden_size(model), token_patch, cursor, embed != plan.split_after)
+        _set(model, embed, stub)
         blocks[start].register_forward_pre_hook(_swap_in(cursor), with_kwargs=True)
+    # rope tables (one row per token, 3-D positions) follow the tokens on every stage: each
+    # patch rotates its queries and keys at its own positions
+    for path, dim in plan.split_outputs.items():
+        model.get_submodule(path).register_forward_hook(_select_rows(cursor, dim), prepend=True)
     if not last:
         blocks[stop - 1].register_forward_hook(_stop_forward)
         for path in pipe.head:
@@ -220,6 +249,37 @@ def _select(cursor: PatchCursor):
         if cursor.full:
             return cursor.shard_major(out)
         return out[:, cursor.tokens(out.shape[1])]
+
+    return hook
+
+
+def _select_input(cursor: PatchCursor):
+    """First-block pre-hook (stage 0, Wan): `_select` on the block's hidden_states input."""
+    select = _select(cursor)
+
+    def hook(module, args, kwargs):
+        if args:
+            return (select(module, args, args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": select(module, args, kwargs["hidden_states"])}
+
+    return hook
+
+
+def _select_rows(cursor: PatchCursor, dim: int):
+    """Rope hook: the rows of the current part's tokens on `dim` of each table, in the token
+    order `_select` gives (the whole image shard-major)."""
+
+    def take(table: torch.Tensor) -> torch.Tensor:
+        total = table.shape[dim]
+        if not cursor.full:
+            return table[(slice(None),) * dim + (cursor.tokens(total),)]
+        if cursor.shards == 1:
+            return table
+        order = cursor.shard_major(torch.arange(total).view(1, total, 1)).view(total)
+        return table.index_select(dim, order.to(table.device))
+
+    def hook(_module, _args, out):
+        return tuple(take(t) for t in out) if isinstance(out, tuple | list) else take(out)
 
     return hook
 

@@ -193,8 +193,9 @@ UNET = Plan(
     resnets=("down_blocks.*.resnets.*", "mid_block.resnets.*", "up_blocks.*.resnets.*"),
 )
 
-# -- video models: sequence parallelism only (tensor and patch strategies are refused before
-# start, see checks.VIDEO_UNSUPPORTED); rope tables cover the video tokens only
+# -- video models: the tokens are split where sequence and patch parallelism cut them
+# (token_split.py; tensor parallelism is refused before start, see checks.VIDEO_UNSUPPORTED);
+# rope tables cover the video tokens only
 
 WAN = Plan(
     family="wan",
@@ -250,11 +251,17 @@ class PipePlan:
     # submodules of blocks that the output head reads (DiT's head re-embeds the timestep and
     # class with block 0's embedding), kept on the last stage even when it lacks that block
     head_reads: tuple[str, ...] = ()
+    # the token embedding that stages after the first replace by a stub; None: Plan.split_after.
+    # Wan: its Conv3d patch embedding, whose (B, hidden, F', h', w') output the model flattens
+    # itself, so the patch's tokens are taken at Plan.split_before (the first block's input)
+    # and its rope rows at Plan.split_outputs
+    embed: str | None = None
 
 
-# Families whose blocks return one tensor (the image stream). SD3 and Flux blocks return
-# (text, image) pairs and their text stream is updated by every block from all image tokens, so
-# running the image in patches would change what the text sees; they are not supported.
+# Families whose blocks return one tensor (the image stream) and read a fixed text (PixArt's
+# and Wan's cross-attention). SD3, Flux, HunyuanVideo and CogVideoX blocks update their text
+# stream from all image / video tokens in every block (joint attention), so running the tokens
+# in patches would change what the text sees; they are not supported.
 PIPE_PLANS: dict[str, PipePlan] = {
     "pixart": PipePlan(blocks="transformer_blocks", head=("proj_out",)),
     "dit": PipePlan(
@@ -262,6 +269,9 @@ PIPE_PLANS: dict[str, PipePlan] = {
         head=("proj_out_1", "proj_out_2"),
         head_reads=("transformer_blocks.0.norm1.emb",),
     ),
+    # patches: contiguous runs of the F' x h' x w' video tokens (whole token rows); the output
+    # head's modulation table (scale_shift_table) is a parameter of the model, kept everywhere
+    "wan": PipePlan(blocks="blocks", head=("norm_out", "proj_out"), embed="patch_embedding"),
 }
 
 

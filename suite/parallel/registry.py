@@ -60,6 +60,7 @@ register(
         exact=False,
         paper="Naive Patch baseline of DistriFusion (Li et al., CVPR 2024)",
         apply=_P + "patch:apply_naive_patch",
+        # images: row | column | alternate; video: frames | height | alternate (patch_video)
         options={"split": Option("alternate", choices=c.SPLITS)},
         validate=c.validate_naive_patch,
     )
@@ -79,6 +80,10 @@ register(
             # async all-gathers batched per top-level block or per step, as the reference code
             # batches them (bytes unchanged; suite.parallel.patch_state)
             "coalesce": Option("block", choices=c.COALESCE_MODES),
+            # bands: rows on images; on video along latent frames (unset: frames) or token
+            # rows of every frame (suite.parallel.patch_video). Not stored unless set, so image
+            # runs keep their run ids
+            "split": Option(None, choices=c.DISTRI_SPLITS, stored=False),
         },
         validate=c.validate_distrifusion,
     )

@@ -24,14 +24,8 @@ import torch
 
 from suite.parallel import Parallelized
 from suite.parallel.attention import LocalCore, SequenceCore, install, track_text_length
-from suite.parallel.plans import find, get_plan
-
-
-def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:
-    (found,) = [m for name, m in find(model, path)] or [None]
-    if found is None:
-        raise ValueError(f"plan names module {path!r}, which {type(model).__name__} lacks")
-    return found
+from suite.parallel.plans import get_plan
+from suite.parallel.token_split import install_splits, module_at
 
 
 def apply_sequence(workload, comm, options) -> Parallelized:
@@ -44,12 +38,8 @@ def apply_sequence(workload, comm, options) -> Parallelized:
     parts, index = ring * ulysses, mesh.rank("ring") * ulysses + mesh.rank("ulysses")
     model = workload.denoiser.model
 
-    def local(x, dim: int):
-        """This rank's part of a token tensor (each of a tuple's; None stays None)."""
-        if x is None:
-            return None
-        if isinstance(x, tuple | list):
-            return type(x)(local(t, dim) for t in x)
+    def local(x: torch.Tensor, dim: int) -> torch.Tensor:
+        """This rank's contiguous part of a token tensor."""
         if x.shape[dim] % parts:
             raise ValueError(f"{x.shape[dim]} tokens do not split into {parts} equal parts")
         return x.chunk(parts, dim=dim)[index]
@@ -63,53 +53,14 @@ def apply_sequence(workload, comm, options) -> Parallelized:
         text_length,
     )
 
-    if plan.split_inputs:
-
-        def split_inputs(module, args, kwargs):
-            for name, dim in plan.split_inputs.items():
-                kwargs[name] = local(kwargs[name], dim)
-            return args, kwargs
-
-        model.register_forward_pre_hook(split_inputs, with_kwargs=True)
-    if plan.split_after and plan.split_after_text_first:
-
-        def split_after_text(module, args, out):
-            t = text_length.value  # [text; image]: the text stays whole
-            return torch.cat([out[:, :t], local(out[:, t:], 1)], dim=1)
-
-        _module(model, plan.split_after).register_forward_hook(split_after_text)
-    elif plan.split_after:
-        _module(model, plan.split_after).register_forward_hook(lambda m, a, out: local(out, 1))
-    if plan.split_before:
-
-        def split_first_input(module, args, kwargs):
-            if args:
-                return (local(args[0], 1), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": local(kwargs["hidden_states"], 1)}
-
-        _module(model, plan.split_before).register_forward_pre_hook(
-            split_first_input, with_kwargs=True
-        )
-    for path, dim in plan.split_outputs.items():
-        _module(model, path).register_forward_hook(lambda m, a, out, dim=dim: local(out, dim))
-    if plan.text_mask:
-
-        def check_mask(module, args, kwargs):
-            mask = kwargs.get(plan.text_mask)
-            if mask is not None and not bool(mask.all()):
-                raise NotImplementedError(
-                    f"{plan.family}: a padded prompt ({plan.text_mask} with zeros) needs its "
-                    "joint attention mask split with the tokens, which is not implemented"
-                )
-
-        model.register_forward_pre_hook(check_mask, with_kwargs=True)
+    install_splits(model, plan, local, text_length)
 
     def gather(module, args, out):
         # ulysses chunks are contiguous inside a ring block: gather them first, then the blocks
         out = comm.all_gather(out, "ulysses", dim=1, layer=plan.gather_after)
         return comm.all_gather(out, "ring", dim=1, layer=plan.gather_after)
 
-    _module(model, plan.gather_after).register_forward_hook(gather)
+    module_at(model, plan.gather_after).register_forward_hook(gather)
     return Parallelized(
         denoiser=workload.denoiser, inputs=workload.inputs, modules=[workload.denoiser]
     )

@@ -66,9 +66,6 @@ def test_bad_clips_name_the_allowed_values():
 @pytest.mark.parametrize(
     "name, degrees, why",
     [
-        ("naive_patch", {"patch": 2}, "splitting a clip along frames or height"),
-        ("distrifusion", {"patch": 2}, "splitting a clip along frames or height"),
-        ("pipefusion", {"pipefusion": 2}, "patches along the video token sequence"),
         ("tensor", {"tensor": 2}, "normalizes queries and keys across all heads"),
         ("diffusers_cp", {"ulysses": 2}, "image models only"),
         ("diffusers_tp", {"tensor": 2}, "image models only"),

@@ -40,6 +40,7 @@ from suite.results import ResultStore
 RUN_KEYS = [
     "run_id",
     "workload",
+    "frames",  # a video clip's (empty for images): labels keep clip lengths apart
     "height",
     "width",
     "steps",

@@ -299,10 +299,17 @@ def matmul_rate(profile: Profile, key: str, flops: float) -> float:
 
 
 def representative_gemm(
-    workload: str, height: int, width: int, batch: int, guidance: float, world_size: int
+    workload: str,
+    height: int,
+    width: int,
+    batch: int,
+    guidance: float,
+    world_size: int,
+    frames: int = 0,
 ) -> tuple[int, int, int]:
     """(M, N, K) of a typical GEMM of a rank's denoiser step: M = the rank's share of the
-    latent tokens (of the widest UNet level with attention: the deepest), N = K = hidden size.
+    latent tokens (of the widest UNet level with attention: the deepest; times the latent
+    frames of a video clip of `frames` frames), N = K = hidden size.
     A size for the matmul curves when no operator trace of the run exists; an estimate."""
     from workloads.presets import get_preset
 
@@ -314,8 +321,13 @@ def representative_gemm(
         down = 2 ** (len(channels) - 1)
         hidden, tokens = int(channels[-1]), max(1, lat_h // down) * max(1, lat_w // down)
     else:
-        patch = 2 if p.family == "flux" else int(c.get("patch_size", 1) or 1)  # flux packs 2x2
+        patch = c.get("patch_size", 1) or 1
+        if isinstance(patch, (tuple, list)):  # Wan: (t, h, w)
+            patch = patch[-1]
+        patch = 2 if p.family == "flux" else int(patch)  # flux packs 2x2
         hidden = int(c.get("num_attention_heads", 1)) * int(c.get("attention_head_dim", 64))
         tokens = max(1, lat_h // patch) * max(1, lat_w // patch)
+        if frames and getattr(p, "temporal_compression", 0):  # a clip: every latent frame's tokens
+            tokens *= (int(frames) - 1) // p.temporal_compression + 1
     images = batch * (2 if p.cfg and guidance > 1 else 1)
     return max(1, tokens * images // max(1, world_size)), hidden, hidden

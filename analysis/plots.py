@@ -15,6 +15,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from analysis.tables import size_text
+from analysis.tables import sizes as run_sizes
+
 BASELINE_STRATEGY = "none"
 _LINESTYLES = ("-", "--", "-.", ":")
 _DPI = 120
@@ -28,7 +31,7 @@ def _ok_runs(df: pd.DataFrame) -> pd.DataFrame:
 def _case_labels(ok: pd.DataFrame) -> pd.Series:
     """Workload name, plus size / steps / batch where they vary within that workload."""
     parts = {
-        "size": ok["height"].astype(str) + "x" + ok["width"].astype(str),
+        "size": run_sizes(ok),  # frames x height x width for a video clip
         "steps": ok["steps"].astype(str) + " steps",
         "batch": "batch " + ok["batch"].astype(str),
     }
@@ -140,7 +143,8 @@ def plot_latency_vs_world(df: pd.DataFrame, path: str | Path) -> Path:
 def _run_labels(ok: pd.DataFrame) -> list[str]:
     labels = []
     for _, r in ok.iterrows():
-        text = f"{r['workload']} {r['height']}x{r['width']} | {r['strategy']} w{r['world_size']}"
+        size = size_text(r.get("frames"), r["height"], r["width"])
+        text = f"{r['workload']} {size} | {r['strategy']} w{r['world_size']}"
         degrees = r.get("degrees")
         # 'data w2 [data=2]' says nothing new; hybrids need their degrees spelled out.
         if isinstance(degrees, str) and degrees and degrees != f"{r['strategy']}={r['world_size']}":
@@ -188,8 +192,8 @@ def plot_breakdown(df: pd.DataFrame, path: str | Path) -> Path:
         return _empty(title, path)
     # Baseline first within each workload, as in the report's table.
     ok["_not_base"] = ok["strategy"] != BASELINE_STRATEGY
-    order = ["workload", "height", "width", "steps", "_not_base", "strategy", "world_size"]
-    ok = ok.sort_values(order, kind="stable")
+    order = ["workload", "frames", "height", "width", "steps", "_not_base", "strategy"]
+    ok = ok.sort_values([c for c in order if c in ok] + ["world_size"], kind="stable")
     groups = [g for _, g in ok.groupby("workload", sort=True)]
     sizes = [len(g) for g in groups]
     # Height grows with the number of runs so labels never overlap.
@@ -217,7 +221,8 @@ def _empty_note(title: str, path: str | Path, note: str) -> Path:
 
 
 def _breakdown_label(r: pd.Series) -> str:
-    text = f"{r['workload']} {r['height']}x{r['width']} | {r['strategy']} w{r['world_size']}"
+    size = size_text(r.get("frames"), r["height"], r["width"])
+    text = f"{r['workload']} {size} | {r['strategy']} w{r['world_size']}"
     options = r.get("options")
     if isinstance(options, str) and options:  # e.g. two distrifusion runs differing in options
         text += f" [{options}]"
@@ -227,7 +232,16 @@ def _breakdown_label(r: pd.Series) -> str:
 def _panels(df: pd.DataFrame, bar_height: float) -> tuple[Figure, list, list[pd.DataFrame]]:
     """One panel per workload (their costs differ by orders of magnitude), baseline first."""
     df = df.assign(_not_base=df["strategy"] != BASELINE_STRATEGY)
-    order = ["workload", "height", "width", "_not_base", "strategy", "world_size", "run_id"]
+    order = [
+        "workload",
+        "frames",
+        "height",
+        "width",
+        "_not_base",
+        "strategy",
+        "world_size",
+        "run_id",
+    ]
     df = df.sort_values([c for c in order if c in df.columns], kind="stable")
     groups = [g for _, g in df.groupby("workload", sort=True)]
     sizes = [len(g) for g in groups]
@@ -285,7 +299,7 @@ def plot_overlap(ranks: pd.DataFrame, path: str | Path) -> Path:
     overlap_pct written at the end of each bar. Takes `rank_breakdown`'s frame; returns `path`.
     """
     title = "Communication overlap per step (measured, mean over ranks)"
-    keys = ["run_id", "workload", "height", "width", "strategy", "options", "world_size"]
+    keys = ["run_id", "workload", "frames", "height", "width", "strategy", "options", "world_size"]
     keys = [k for k in keys if k in ranks.columns]
     runs = (
         ranks.groupby(keys, dropna=False, sort=False)[["comm_s", "exposed_comm_s"]]

@@ -41,6 +41,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from analysis import opmodel
 from analysis.hardware import Profile
@@ -486,11 +487,21 @@ class ProjectionInputError(ValueError):
     cannot run): a sentence for the user, never a traceback."""
 
 
-# Fields that make two runs the same workload on one device (anchoring, analytic twins).
-WORKLOAD_KEY = ["workload", "height", "width", "steps", "batch", "scheduler", "guidance"]
+# Fields that make two runs the same workload on one device (anchoring, analytic twins); frames
+# (a video clip's, empty for images and in stores older than the column) keeps two clip lengths at
+# one height x width apart.
+WORKLOAD_KEY = ["workload", "frames", "height", "width", "steps", "batch", "scheduler", "guidance"]
 # ... and the same run in another world mode (an analytic trace of a measured run).
 TWIN_KEY = [*WORKLOAD_KEY, "dtype", "strategy", "degrees", "options", "world_size"]
 _MODE_ORDER = {"analytic": 0, "fake": 1, "real": 2}  # what a baseline is best taken from
+
+
+def _equal(column: pd.Series, value) -> pd.Series:
+    """Rows of `column` equal to `value` as text; a missing value (an image's frames) matches
+    missing values only."""
+    if pd.isna(value):
+        return column.isna()
+    return column.astype(str) == str(value)
 
 
 def _is_analytic(run, trace) -> bool:
@@ -516,7 +527,7 @@ class StoreTraces:
         same = self.runs[self.runs["world_mode"] == "analytic"]
         for k in TWIN_KEY:
             if k in same:
-                same = same[same[k].astype(str) == str(getattr(run, k))]
+                same = same[_equal(same[k], getattr(run, k))]
         for t in same.itertuples():
             if _is_analytic(t, self.trace(t)):
                 return t
@@ -547,7 +558,7 @@ class StoreTraces:
             label = f"run {anchor} ({latency:.4g} s)"
             same = runs[runs["world_size"] == 1]
             for k in WORKLOAD_KEY:
-                same = same[same[k].astype(str) == str(getattr(ref, k))]
+                same = same[_equal(same[k], getattr(ref, k))]
         else:
             latency, label = float(anchor), f"{float(anchor):.4g} s"
             same = runs[runs["world_size"] == 1]
@@ -606,8 +617,9 @@ def project_one(ctx: StoreTraces, run, target: Profile, dtype: str | None, scale
             model = f"operator-model ratio {ratio:.4g} (analytic run {twin.run_id})"
         else:
             try:
+                frames = 0 if pd.isna(run.frames) else int(run.frames)
                 m, n, k = opmodel.representative_gemm(
-                    run.workload, run.height, run.width, run.batch, run.guidance, world
+                    run.workload, run.height, run.width, run.batch, run.guidance, world, frames
                 )
                 flops, at = 2.0 * m * n * k, f"{2.0 * m * n * k / 1e9:.3g} GFLOP per GEMM"
             except ValueError:  # a workload this checkout does not know

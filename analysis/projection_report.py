@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.tables import open_store
+from analysis.tables import open_store, sizes
 
 # Fields that make a fake or analytic run and a real run the same experiment (all but world_mode).
-MATCH = ["workload", "height", "width", "steps", "batch", "scheduler", "guidance", "dtype",
-         "strategy", "degrees", "options", "world_size", "threads_per_rank", "seed"]  # fmt: skip
+# frames: a video clip's (empty for images): two clip lengths at one size never match.
+MATCH = ["workload", "frames", "height", "width", "steps", "batch", "scheduler", "guidance",
+         "dtype", "strategy", "degrees", "options", "world_size", "threads_per_rank", "seed"]  # fmt: skip
 
 
 def projections(db_path: str | Path) -> pd.DataFrame:
@@ -30,6 +31,7 @@ def projections(db_path: str | Path) -> pd.DataFrame:
         lambda d: " ".join(f"{k}={v}" for k, v in json.loads(d).items()) or "-"
     )
     out["label"] = [_label(r) for r in out.itertuples()]
+    out["size"] = sizes(out)  # a video clip's frames x height x width: clips never share a line
     return out.rename(
         columns={"latency_s": "projected_latency_s", "latency_s_measured": "measured_latency_s"}
     )
@@ -88,17 +90,19 @@ def plot_scaling(df: pd.DataFrame, path: Path) -> Path:
         df = df.assign(label=df["hardware"])
     hardware = sorted(df["label"].unique())
     colors = {hw: f"C{i % 10}" for i, hw in enumerate(hardware)}
+    if "size" not in df:  # a frame built by hand: one size per workload
+        df = df.assign(size="")
     panels = [
-        (wl, st)
-        for wl in sorted(df["workload"].unique())
-        for st in sorted(df.loc[df["workload"] == wl, "strategy"].unique())
+        (wl, size, st)
+        for wl, size in sorted(set(zip(df["workload"], df["size"], strict=True)))
+        for st in sorted(df.loc[(df["workload"] == wl) & (df["size"] == size), "strategy"].unique())
         if st != "none"
-    ] or [("(none)", "none")]
+    ] or [("(none)", "", "none")]
     ncols = min(4, len(panels))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.9 * nrows + 0.9), squeeze=False)
-    for ax, (wl, st) in zip(axes.flat, panels, strict=False):
-        sub = df[(df["workload"] == wl) & df["strategy"].isin([st, "none"])]
+    for ax, (wl, size, st) in zip(axes.flat, panels, strict=False):
+        sub = df[(df["workload"] == wl) & (df["size"] == size) & df["strategy"].isin([st, "none"])]
         for hw, g in sub.groupby("label"):
             runs = g[g["strategy"] == st]
             base = g[(g["strategy"] == "none") & (g["world_size"] == 1)]
@@ -109,7 +113,7 @@ def plot_scaling(df: pd.DataFrame, path: Path) -> Path:
             ax.plot(pts.index, pts.values, "-", marker="o", ms=3, color=colors[hw], label=hw)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_title(f"{wl}: {st}", fontsize=9)
+        ax.set_title(f"{wl} {size}".strip() + f": {st}", fontsize=9)
         ax.set_xlabel("world size (ranks)", fontsize=8)
         ax.set_ylabel("PROJECTED latency [s]", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -169,11 +173,11 @@ def write_projection_report(db_path: str | Path, out_dir: str | Path, source: st
         "## Projections (PROJECTED)",
         "",
     ]
-    table = df[["workload", "strategy", "degrees", "world_size", "world_mode", "label",
+    table = df[["workload", "size", "strategy", "degrees", "world_size", "world_mode", "label",
                 "projected_latency_s", "compute_s", "comm_s", "exposed_comm_s"]]  # fmt: skip
     lines += [_table(table.rename(columns={"label": "projected on (profile, dtype)"})), ""]
-    bounds = df[["workload", "strategy", "degrees", "world_size", "label", "compute_bound_pct",
-                 "memory_bound_pct", "launch_pct", "link_pct", "compute_model"]]  # fmt: skip
+    bounds = df[["workload", "size", "strategy", "degrees", "world_size", "label",
+                 "compute_bound_pct", "memory_bound_pct", "launch_pct", "link_pct", "compute_model"]]  # fmt: skip
     lines += [
         "## What bounds each projection (PROJECTED)",
         "",

@@ -27,6 +27,7 @@ from analysis.tables import (
     open_store,
     read_table,
     readable_json,
+    size_text,
     with_speedup,
 )
 from suite import schema
@@ -39,7 +40,7 @@ _ERROR_LINES = 6
 RESULT_COLUMNS: list[tuple[str, str]] = [
     ("experiment", _DOCS["experiment"]),
     ("workload", _DOCS["workload"]),
-    ("height x width", "image size in pixels"),
+    ("size", "image height x width, or a video clip's frames x height x width, in pixels"),
     ("steps", _DOCS["steps"]),
     ("batch", _DOCS["batch"]),
     ("strategy", _DOCS["strategy"]),
@@ -79,7 +80,7 @@ RESULT_COLUMNS: list[tuple[str, str]] = [
 _TEXT_COLUMNS = {
     "experiment",
     "workload",
-    "height x width",
+    "size",
     "strategy",
     "degrees",
     "options",
@@ -90,7 +91,8 @@ _TEXT_COLUMNS = {
 def _ordered(runs: pd.DataFrame) -> pd.DataFrame:
     # Baseline first within each workload, then strategies by name, then by world size.
     key = runs.assign(_not_base=runs["strategy"] != "none")
-    cols = ["experiment", "workload", "height", "width", "steps", "_not_base", "strategy", "batch"]
+    cols = ["experiment", "workload", "frames", "height", "width", "steps", "_not_base", "strategy"]
+    cols = [c for c in cols if c in key] + ["batch"]  # frames: absent from frames built by hand
     key = key.sort_values(
         [*cols, "world_size", "degrees", "options"], kind="stable", na_position="last"
     )
@@ -102,7 +104,7 @@ def _result_row(r: pd.Series) -> dict[str, str]:
     return {
         "experiment": fmt_text(r["experiment"]),
         "workload": fmt_text(r["workload"]),
-        "height x width": f"{fmt_int(r['height'])}x{fmt_int(r['width'])}",
+        "size": size_text(r.get("frames"), r["height"], r["width"]),
         "steps": fmt_int(r["steps"]),
         "batch": fmt_int(r["batch"]),
         "strategy": fmt_text(r["strategy"]),

@@ -10,9 +10,11 @@ import pandas as pd
 
 from suite.results import ResultStore
 
-# A run and its baseline must agree on all of these; only the parallelism may differ.
+# A run and its baseline must agree on all of these; only the parallelism may differ. frames: a
+# video clip's (empty for images, and in stores older than the column, which read it empty).
 BASELINE_KEY = [
     "workload",
+    "frames",
     "height",
     "width",
     "steps",
@@ -25,6 +27,34 @@ BASELINE_KEY = [
     "seed",
 ]
 BASELINE_STRATEGY = "none"
+
+
+def size_text(frames: object, height: object, width: object) -> str:
+    """'81x720x1280' for a video clip (frames x height x width), '1024x1024' for an image
+    (frames empty or 0)."""
+
+    def text(v: object) -> str:
+        return "?" if v is None or pd.isna(v) else str(int(v))
+
+    hw = f"{text(height)}x{text(width)}"
+    return hw if frames is None or pd.isna(frames) or not int(frames) else f"{int(frames)}x{hw}"
+
+
+def sizes(df: pd.DataFrame) -> pd.Series:
+    """`size_text` of every row of `df` (a frame without a `frames` column: images)."""
+    frames = df["frames"] if "frames" in df else pd.Series(pd.NA, index=df.index)
+    return pd.Series(
+        [size_text(f, h, w) for f, h, w in zip(frames, df["height"], df["width"], strict=True)],
+        index=df.index,
+        dtype=object,
+    )
+
+
+def with_frames(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with an empty (image) `frames` column where it has none, e.g. a frame built by hand."""
+    if "frames" in df:
+        return df
+    return df.assign(frames=pd.Series(pd.NA, index=df.index, dtype="Int64"))
 
 
 def open_store(db_path: str | Path) -> ResultStore:
@@ -119,6 +149,7 @@ def with_speedup(df: pd.DataFrame) -> pd.DataFrame:
     baseline_per_rank_work_s / (latency_s * world_size / d): the efficiency against a device
     doing one data-parallel group's share of the work. Other runs get NA / NaN there.
     """
+    df = with_frames(df)
     out = df.copy()
     baseline = _baseline_latency(df, out)
     latency = out["latency_s"].to_numpy(dtype=float)

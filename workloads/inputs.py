@@ -115,6 +115,12 @@ def _conditioning(
         labels = torch.randint(0, n, (batch,), generator=gen)
         cond["class_labels"] = torch.full_like(labels, n) if null else labels
         return cond
+    if preset.prompt_classes:
+        n = preset.prompt_classes
+        labels = torch.randint(0, n, (batch,), generator=gen)
+        labels = torch.full_like(labels, n) if null else labels
+        cond["encoder_hidden_states"] = class_prompts(preset)[labels]
+        return cond
     cond["encoder_hidden_states"] = torch.randn(
         batch, preset.text_len, preset.text_dim, generator=gen
     )
@@ -137,3 +143,16 @@ def _conditioning(
         if key in cond:
             cond[key] = cond[key].expand(batch, *cond[key].shape[1:]).clone()
     return cond
+
+
+_PROMPT_SEED = 0xC1A55  # the prompt table is part of the model: never change it after training
+
+
+def class_prompts(preset: Preset) -> torch.Tensor:
+    """(classes + 1, text_len, text_dim) float32 prompt embeddings of a class-labelled text
+    model (Preset.prompt_classes): row c stands for the prompt of class c, the last row for the
+    empty (negative) prompt. Fixed N(0, 1) draws, the same in training and in every run, as a
+    frozen text encoder's outputs would be."""
+    gen = torch.Generator("cpu").manual_seed(_PROMPT_SEED)
+    shape = (preset.prompt_classes + 1, preset.text_len, preset.text_dim)
+    return torch.randn(shape, generator=gen)

@@ -56,6 +56,9 @@ class Preset:
     temporal_compression: int = 0
     native_frames: int = 0
     native_width: int = 0
+    # a text-conditioned model trained on class labels (trained-tiny-video): its prompts are the
+    # fixed embeddings of workloads.inputs.class_prompts, row num_classes the null prompt
+    prompt_classes: int = 0
 
     @property
     def video(self) -> bool:
@@ -70,7 +73,7 @@ class Preset:
         if self.family == "unet2d":
             # UNet2DModel's class embedding table holds the null label as its last row
             return int(self.config.get("num_class_embeds", 1)) - 1
-        return 0
+        return self.prompt_classes
 
     @property
     def pixel_space(self) -> bool:

@@ -114,6 +114,23 @@ _TINY_COGVIDEOX = {
     "num_layers": 4,
 }
 
+# trained-tiny-video: Wan's block structure (self-attention with 3-D rope and across-heads q/k
+# RMSNorm, cross-attention to the prompt, adaLN from the timestep) in pixel space, 8 frames of
+# 32x32 RGB. Patches of 1x4x4 pixels: 64 tokens a frame, 512 a clip (2x2 patches would be 2048,
+# 8x the training cost on this CPU). rope: 12 (time) + 10 + 10 of the 32-dim heads.
+_TRAINED_WAN = {
+    **_WAN_1_3B,
+    "patch_size": (1, 4, 4),
+    "num_attention_heads": 4,
+    "attention_head_dim": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    "text_dim": 32,
+    "freq_dim": 64,
+    "ffn_dim": 512,
+    "num_layers": 6,
+}
+
 _FULL_STEPS, _TINY_STEPS = 20, 4  # as the image presets (workloads/presets.py)
 
 _COMMON: dict[str, dict[str, Any]] = {
@@ -177,6 +194,41 @@ def _video(
 
 
 _TINY_TEXT = {"text_len": 8, "text_dim": 32}
+
+# Trained in the repository (workloads/train_tiny_video.py) on moving shapes
+# (workloads/moving_shapes.py), rectified flow; prompts are fixed per-class embeddings
+# (workloads.inputs.class_prompts) with the null prompt as CFG's negative.
+TRAINED_TINY_VIDEO = Preset(
+    name="trained-tiny-video",
+    family="wan",
+    model_class="WanTransformer3DModel",
+    config=MappingProxyType(_TRAINED_WAN),
+    latent_channels=3,
+    vae_scale_factor=1,  # pixel space: no VAE, so no 4k+1 frame rule (temporal_compression 1)
+    spatial_multiple=4,  # patch 4x4
+    heads=4,
+    layers=6,
+    text_len=4,
+    text_dim=32,
+    pooled_dim=0,
+    cfg=True,
+    default_scheduler="flow-match-euler",
+    default_steps=20,
+    default_guidance=3.0,
+    weights_subfolder="transformer",
+    tiny=True,
+    description="Trained Wan-structured video DiT (6 blocks, hidden 128, patch 1x4x4), pixel "
+    "space 8x32x32, 3 moving-shape classes as prompts: real videos offline",
+    native_resolution=32,
+    weights_file="trained-tiny-video.safetensors",
+    # 8 near-identical frames carry one frame's content 8 times: noise hides it later than in
+    # one image, so sampling spends more steps at high noise (SD3's resolution shift)
+    scheduler_config=MappingProxyType({"shift": 2.0}),
+    temporal_compression=1,
+    native_frames=8,
+    native_width=32,
+    prompt_classes=3,
+)
 _TINY_SIZE = (9, 128, 128)  # 3 latent frames of 16x16: 3 x 64 tokens
 
 VIDEO_PRESETS: tuple[Preset, ...] = (
@@ -262,4 +314,5 @@ VIDEO_PRESETS: tuple[Preset, ...] = (
         description="CogVideoX-shaped, 4 blocks, hidden 64, 4 heads: CPU tests",
         **_TINY_TEXT,
     ),
+    TRAINED_TINY_VIDEO,
 )

@@ -1,9 +1,11 @@
 """Clip sizes a video preset accepts (frames x height x width in pixels), torch-free.
 
 A clip of F frames encodes to (F - 1) / c + 1 latent frames (the VAEs are causal in time: the
-first frame alone, then c frames per latent frame; c = 4 for every video preset here), and the
+first frame alone, then c frames per latent frame; c = 4 for every latent video preset here,
+c = 1 for the pixel-space trained-tiny-video, which has no VAE and takes any F), and the
 transformer patchifies p_t latent frames and p x p latent pixels into one token. So F must be
-c·k + 1, its latent frames a multiple of p_t, and height and width multiples of 8·p. Config
+c·k + 1, its latent frames a multiple of p_t, and height and width multiples of the VAE's
+scale (8, or 1 in pixel space) times p. Config
 validation runs these before any process starts; build() runs them again on every rank.
 """
 
@@ -52,6 +54,8 @@ def frames_rule(preset: Preset) -> str:
     """The frame counts the preset accepts, in words."""
     c, pt = preset.temporal_compression, temporal_patch(preset)
     step = c * pt
+    if step == 1:  # pixel space (no VAE) and one frame per token: any clip length
+        return "any number of frames >= 1 (pixel space: no temporal VAE compression)"
     first = [step * k + 1 for k in range(1, 4)]
     why = f"temporal VAE compression {c}" + (f" x temporal patch {pt}" if pt > 1 else "")
     return f"{step}k+1 frames ({why}), e.g. {', '.join(map(str, first))}, ..."

@@ -12,7 +12,8 @@ from workloads.models import WEIGHTS_DIR, packaged_weights_path
 from workloads.shapes import CLASSES, reference_images, shapes_batch
 from workloads.train_tiny import RECIPES, learning_rate, noise_schedule
 
-TRAINED = [name for name, p in W.PRESETS.items() if p.weights_file]
+# image presets; trained-tiny-video (rectified flow, clips) has tests/unit/test_train_tiny_video.py
+TRAINED = [name for name, p in W.PRESETS.items() if p.weights_file and not p.video]
 
 
 def test_shapes_are_a_pure_function_of_the_seed():
@@ -56,9 +57,10 @@ def test_training_noise_matches_the_preset_solvers(name):
     torch.testing.assert_close(train.alphas_cumprod, solver.alphas_cumprod)
 
 
-def test_packaged_weights_stay_under_10_mb_together():
+def test_packaged_weights_stay_small():
     files = list(WEIGHTS_DIR.glob("*.safetensors"))
-    assert sum(f.stat().st_size for f in files) <= 10e6
+    assert all(f.stat().st_size <= 10e6 for f in files)
+    assert sum(f.stat().st_size for f in files) <= 16e6  # unet 5.6 + dit 4.2 + video 3.5 MB
 
 
 @pytest.mark.parametrize("name", TRAINED)

@@ -13,7 +13,7 @@ from workloads.video_size import check_size, check_video_size, latent_frames, vi
 torch.set_num_threads(1)
 
 VIDEO = [name for name, p in W.PRESETS.items() if p.video]
-FULL = [name for name in VIDEO if not name.startswith("tiny-")]
+FULL = [name for name in VIDEO if not W.get_preset(name).tiny]  # trained-tiny-video is tiny
 
 # (latent frames, tokens per latent frame) at each full preset's default clip
 NATIVE_TOKENS = {

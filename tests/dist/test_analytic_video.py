@@ -16,19 +16,10 @@ from tests.dist.test_analytic import _collectives, _per_step_flops
 
 SIZE = "9x64x64"
 PRESETS = ["tiny-wan2.1-t2v-1.3b", "tiny-wan2.1-t2v-14b", "tiny-hunyuanvideo", "tiny-cogvideox-5b"]
-# HunyuanVideo's sequence plans check its text mask is all ones (a data read): on meta there is
-# no data, so the check has to skip meta tensors; until suite/parallel does, the case fails there
-_MASK_READ = pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=False,
-    reason="the all-ones text-mask check reads a meta tensor (Tensor.item() on meta)",
-)
+# HunyuanVideo's sequence plans check that its text mask is all ones, a data read that an
+# analytic world (meta tensors) skips: its cases run like the others
 CASES = [
-    pytest.param(
-        (strategy, {strategy: 2}, preset),
-        id=f"{strategy}-{preset}",
-        marks=[_MASK_READ] if preset == "tiny-hunyuanvideo" else [],
-    )
+    pytest.param((strategy, {strategy: 2}, preset), id=f"{strategy}-{preset}")
     for preset in PRESETS
     for strategy in ("ulysses", "ring")
 ]

@@ -547,3 +547,17 @@ def test_estimate_is_within_a_factor_of_two_of_a_measured_peak():
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     ratio = got["estimate"] / got["measured"]
     assert 0.5 <= ratio <= 2.0, got
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    # `diffscale ... | head`: the reader is gone before the command writes; exit 141, no traceback
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "suite.cli", "workloads", "--tiny"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # before the command has imported anything, so every write fails
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err

@@ -84,20 +84,25 @@ def test_one_training_step_is_finite():
     assert 0 < loss < 10
 
 
-def test_one_cfg_step_on_cpu_is_fast():
+def test_one_cfg_step_is_small_enough_for_cpu_tests():
+    # what keeps a CFG step fast on one core is its work, asserted here; the time is printed, not
+    # asserted (timed assertions fail on a shared machine): ~60 ms on one idle core
+    from workloads.stats import flop_counter
+
     p = W.get_preset(NAME)
     denoiser = W.Denoiser(random_model(p, 0).eval(), p)  # the packaged weights: same shapes
     inputs = make_inputs(p, 32, 32, 1, 0, p.default_guidance, p.native_frames)
     x, cond = torch.cat([inputs.latents] * 2), inputs.model_cond()
     t = torch.tensor(500.0)
-    times = []
     with torch.no_grad():
-        for _ in range(4):
-            t0 = time.perf_counter()
-            denoiser(x, t, cond)
-            times.append(time.perf_counter() - t0)
-    # 2 x 512 tokens through 6 blocks: ~60 ms on one idle core of this machine
-    assert min(times[1:]) < 0.1
+        denoiser(x, t, cond)  # warm-up
+        t0 = time.perf_counter()
+        with flop_counter() as counter:
+            out = denoiser(x, t, cond)
+        print(f"one CFG step: {1e3 * (time.perf_counter() - t0):.1f} ms")
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    # 2 clips x 512 tokens through 6 blocks of hidden 128: 4.47 GFLOP, which a core runs in ~0.1 s
+    assert 4e9 < counter.get_total_flops() < 5e9
 
 
 def _roughness(clips: torch.Tensor) -> float:

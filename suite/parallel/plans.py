@@ -295,6 +295,8 @@ def find(model: torch.nn.Module, pattern: str) -> list[tuple[str, torch.nn.Modul
 
 
 def image_tokens(plan: Plan, preset, height: int, width: int) -> tuple[int, int]:
-    """(rows, columns) of the image-token grid for height x width pixels."""
-    side = preset.vae_scale_factor * plan.token_patch
+    """(rows, columns) of the image-token grid for height x width pixels (a video preset: of one
+    latent frame, at its own patch size: trained-tiny-video's 4x4, not its family's 2x2)."""
+    patch = preset.spatial_multiple if preset.video else plan.token_patch
+    side = preset.vae_scale_factor * patch
     return height // side, width // side

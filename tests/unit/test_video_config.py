@@ -116,3 +116,13 @@ def test_sequence_degrees_are_checked_against_video_tokens_and_heads():
     assert "ulysses degree 8 does not divide the 4 attention heads" in out
     ok = parse_config(_raw(strategies=[{"name": "usp", "degrees": {"ring": 2, "ulysses": 4}}]))
     assert ok.runs[0].world_size == 8  # 48 tokens over 8 ranks, 4 heads over 4
+
+
+def test_sequence_split_counts_tokens_at_the_presets_own_patch():
+    # trained-tiny-video patches 4x4 pixels (its family, Wan, 2x2 latents): 8 frames x 8 x 8
+    raw = {"experiment": "x", "workloads": ["trained-tiny-video"], "resolutions": ["8x32x32"],
+           "strategies": [{"name": "ring", "world_sizes": [3]}]}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"8x8x8 = 512 video tokens at 8x32x32 do not split"):
+        parse_config(raw)
+    raw["strategies"] = [{"name": "ring", "world_sizes": [4]}]
+    assert parse_config(raw).runs[0].world_size == 4

@@ -180,42 +180,61 @@ def export(preset: Preset, ema: torch.nn.Module, meta: dict) -> Path:
     return path
 
 
+class TrainState:
+    """A trainer's model, EMA copy, optimizer and progress, resumed from `out`/ckpt.pt when there
+    is one; `save()` writes the checkpoint atomically (a kill mid-save keeps the previous one)."""
+
+    def __init__(self, preset: Preset, out: Path, seed: int, recipe: Recipe):
+        out.mkdir(parents=True, exist_ok=True)
+        self.model = new_model(preset, seed)
+        self.ema = new_model(preset, seed)
+        self.ema.load_state_dict(self.model.state_dict())
+        self.ema.requires_grad_(False)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+        )
+        self.ckpt = out / "ckpt.pt"
+        self.step, self.elapsed, self.losses = 0, 0.0, []
+        if self.ckpt.is_file():
+            state = torch.load(self.ckpt, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["opt"])
+            self.step, self.elapsed = state["step"], state["elapsed_s"]
+            self.losses = state["losses"]
+            print(f"resumed at step {self.step} ({self.elapsed / 60:.1f} min so far)", flush=True)
+        self.params = sum(p.numel() for p in self.model.parameters())
+
+    def save(self, step: int | None = None) -> None:
+        step = self.step if step is None else step
+        tmp = self.ckpt.with_suffix(".tmp")
+        nets = {"model": self.model.state_dict(), "ema": self.ema.state_dict()}
+        torch.save(
+            {
+                **nets,
+                "opt": self.opt.state_dict(),
+                "step": step,
+                "elapsed_s": self.elapsed,
+                "losses": self.losses,
+            },  # fmt: skip
+            tmp,
+        )
+        os.replace(tmp, self.ckpt)
+
+
 def train(name: str, out: Path, seed: int, recipe: Recipe, ckpt_every: int, sample_every: int):
     """Train preset `name` (resuming from out/ckpt.pt), export its weights, save samples."""
     preset = get_preset(name)
-    out.mkdir(parents=True, exist_ok=True)
     sched = noise_schedule(preset)
-    model = new_model(preset, seed)
-    ema = new_model(preset, seed)
-    ema.load_state_dict(model.state_dict())
-    ema.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    ckpt = out / "ckpt.pt"
-    start, elapsed, losses = 0, 0.0, []
-    if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        start, elapsed, losses = state["step"], state["elapsed_s"], state["losses"]
-        print(f"resumed at step {start} ({elapsed / 60:.1f} min so far)", flush=True)
-    params = sum(p.numel() for p in model.parameters())
+    ts = TrainState(preset, out, seed, recipe)
+    model, ema, opt, losses, start = ts.model, ts.ema, ts.opt, ts.losses, ts.step
+    elapsed = ts.elapsed
+    params = ts.params
     print(f"{name}: {params / 1e6:.2f} M parameters, {asdict(recipe)}", flush=True)
 
     def checkpoint(step: int) -> None:
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "ema": ema.state_dict(),
-                "opt": opt.state_dict(),
-                "step": step,
-                "elapsed_s": elapsed,
-                "losses": losses,
-            },
-            tmp,
-        )
-        os.replace(tmp, ckpt)  # atomic: a kill mid-save keeps the previous checkpoint
+        ts.elapsed = elapsed
+        ts.save(step)
 
     model.train()
     t_last = time.perf_counter()

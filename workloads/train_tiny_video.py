@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,7 +32,14 @@ from .inputs import Inputs, class_prompts
 from .loop import denoise
 from .moving_shapes import VIDEO_CLASSES, moving_shapes_batch
 from .presets import Preset, get_preset
-from .train_tiny import LABEL_DROPOUT, Recipe, export, learning_rate, new_model, update_ema
+from .train_tiny import (
+    LABEL_DROPOUT,
+    Recipe,
+    TrainState,
+    export,
+    learning_rate,
+    update_ema,
+)
 
 NAME = "trained-tiny-video"
 # constant lr: the budget, not a step count, ends the run (steps is only a ceiling)
@@ -124,29 +130,21 @@ def train(out: Path, seed: int, recipe: Recipe, minutes: float, ckpt_every: int,
     """Train until `minutes` of training time are spent (resuming from out/ckpt.pt), export
     the EMA weights, save sample strips."""
     preset = get_preset(NAME)
-    out.mkdir(parents=True, exist_ok=True)
-    model = new_model(preset, seed)
-    ema = new_model(preset, seed)
-    ema.load_state_dict(model.state_dict())
-    ema.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    ckpt = out / "ckpt.pt"
-    step, elapsed, losses = 0, 0.0, []
-    if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step, elapsed, losses = state["step"], state["elapsed_s"], state["losses"]
-        print(f"resumed at step {step} ({elapsed / 60:.1f} min so far)", flush=True)
-    params = sum(p.numel() for p in model.parameters())
+    ts = TrainState(preset, out, seed, recipe)
+    model, ema, opt, losses, step, elapsed = (
+        ts.model,
+        ts.ema,
+        ts.opt,
+        ts.losses,
+        ts.step,
+        ts.elapsed,
+    )
+    params = ts.params
     print(f"{NAME}: {params / 1e6:.2f} M parameters, {minutes} min, {asdict(recipe)}", flush=True)
 
     def checkpoint() -> None:
-        tmp = ckpt.with_suffix(".tmp")
-        state = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()}
-        torch.save({**state, "step": step, "elapsed_s": elapsed, "losses": losses}, tmp)
-        os.replace(tmp, ckpt)  # atomic: a kill mid-save keeps the previous checkpoint
+        ts.step, ts.elapsed = step, elapsed
+        ts.save()
 
     model.train()
     t_last = time.perf_counter()

@@ -76,3 +76,20 @@ def test_trained_preset_loads_its_weights_and_denoises(name):
         assert torch.equal(value, state[key].float()), key
     out = W.denoise(w)
     assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
+
+
+def test_train_state_resumes_what_it_saved(tmp_path):
+    from workloads.train_tiny import TrainState
+
+    preset, recipe = W.get_preset("trained-tiny-dit"), RECIPES["trained-tiny-dit"]
+    first = TrainState(preset, tmp_path, 0, recipe)
+    assert first.step == 0 and first.losses == [] and not first.ckpt.exists()
+    with torch.no_grad():
+        next(first.model.parameters()).add_(1.0)  # a trained model differs from its init
+    first.elapsed, first.losses = 12.5, [0.5, 0.25]
+    first.save(step=7)
+    again = TrainState(preset, tmp_path, 0, recipe)
+    assert (again.step, again.elapsed, again.losses) == (7, 12.5, [0.5, 0.25])
+    for a, b in zip(first.model.parameters(), again.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not (tmp_path / "ckpt.tmp").exists()  # written aside, then moved into place

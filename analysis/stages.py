@@ -19,10 +19,8 @@ import numpy as np
 import torch
 
 from analysis import opmodel
+from suite.calibrate_ops import TORCH_DTYPES
 from suite.optrace import OP_DTYPE
-
-TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
-                "bf16": torch.bfloat16}  # fmt: skip
 
 
 def record(fn) -> np.ndarray:

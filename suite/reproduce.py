@@ -104,8 +104,8 @@ def ours_table(
     with ResultStore(db, read_only=True) as store:
         ctx = StoreTraces(store, load_profile("local-cpu"))
         runs = ctx.runs[(ctx.runs["world_mode"] == "analytic") & ctx.runs["run_id"].isin(run_ids)]
-        for name in _profiles(rows):
-            profile = load_profile(name)
+        profiles = {name: load_profile(name) for name in _profiles(rows)}  # read once
+        for name, profile in profiles.items():
             for run in runs.itertuples():
                 if int(run.world_size) > profile.world_size:
                     continue
@@ -134,7 +134,7 @@ def ours_table(
             label = f"{ref['value']:.4g} s ({ref['table_or_figure']}, 1 device)"
             for _, r in mine.iterrows():
                 run = next(runs[runs["run_id"] == r["run_id"]].itertuples())
-                p = project_one(ctx, run, load_profile(r["hardware"]), None, scale)
+                p = project_one(ctx, run, profiles[r["hardware"]], None, scale)
                 pinned.append({**r.to_dict(), "anchored": True, "anchor": label, "scale": scale,
                                "loop_s": p["latency_s"], "text_s": r["text_s"] * scale,
                                "vae_s": r["vae_s"] * scale, "link_pct": p["link_pct"]})  # fmt: skip
@@ -156,11 +156,12 @@ def measured_table(directory: Path, stages: _Stages, rows: pd.DataFrame) -> pd.D
         runs = store.table("runs")
     runs = runs[(runs["status"] == "ok") & (runs["world_mode"] == "real")]
     profiles = _profiles(rows)
+    first = load_profile(profiles[0]) if profiles else None
     out = []
     for run in runs.itertuples():
         text_s = vae_s = 0.0
-        if profiles:
-            text_s, vae_s = stages.seconds(load_profile(profiles[0]), run)
+        if first is not None:
+            text_s, vae_s = stages.seconds(first, run)
         out.append({**{f: getattr(run, f) for f in RUN_FIELDS}, "hardware": str(run.device),
                     "source": "measured", "anchored": False, "anchor": "", "scale": 1.0,
                     "loop_s": float(run.latency_s), "text_s": text_s, "vae_s": vae_s,

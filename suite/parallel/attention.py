@@ -211,7 +211,8 @@ class PlanAttnProcessor:
         when the norm spans the whole width (Wan's rms_norm_across_heads), before the split."""
         if norm is None:
             return self._heads(x)
-        if _norm_width(norm) == x.shape[-1] != self.head_dim:
+        # a tensor-parallel rank's share of such a norm (AcrossHeadsRMSNorm) may be one head wide
+        if getattr(norm, "across_heads", False) or norm_width(norm) == x.shape[-1] != self.head_dim:
             return self._heads(norm(x))
         return norm(self._heads(x))
 
@@ -295,7 +296,7 @@ class PlanAttnProcessor:
         return out, out_text
 
 
-def _norm_width(norm: torch.nn.Module) -> int | None:
+def norm_width(norm: torch.nn.Module) -> int | None:
     """The feature width a LayerNorm / RMSNorm normalizes over (None if it does not say)."""
     shape = getattr(norm, "normalized_shape", None)
     if shape is not None:

@@ -24,9 +24,6 @@ DISTRI_SPLITS = ("row", "frames", "height")
 
 # Strategies that do not run video presets (yet), and why: told before any process starts.
 VIDEO_UNSUPPORTED = {
-    "tensor": "there is no tensor-parallel plan for video models yet: Wan normalizes queries "
-    "and keys across all heads (a head-sharded projection would need that RMSNorm's statistics "
-    "all-reduced) and the video MLP splits are not planned",
     "diffusers_cp": "the wrapper of diffusers' context parallelism is set up for image models "
     "only; use ulysses, ring or usp",
     "diffusers_tp": "the wrapper of diffusers' tensor parallelism is set up for image models only",
@@ -260,12 +257,19 @@ def validate_sequence(spec, preset) -> list[str]:
         return [f"family {preset.family} has no token sequence to split (a UNet: use patch)"]
     d = dict(spec.degrees)
     ring, ulysses = d.get("ring", 1), d.get("ulysses", 1)
-    heads = preset.heads
+    heads, tensor = preset.heads, d.get("tensor", 1)
     if heads % ulysses:
         allowed = [k for k in range(1, heads + 1) if heads % k == 0]
         problems.append(
             f"ulysses degree {ulysses} does not divide the {heads} attention heads of "
             f"{preset.name}; allowed ulysses degrees: {', '.join(map(str, allowed))}"
+        )
+    elif heads % tensor == 0 and (heads // tensor) % ulysses:
+        # tensor parallelism leaves each rank heads / tensor heads, which ulysses splits again
+        problems.append(
+            f"ulysses degree {ulysses} does not divide the {heads // tensor} heads a rank holds "
+            f"under tensor degree {tensor} ({heads} heads of {preset.name}); ulysses x tensor "
+            "must divide the head count"
         )
     rows, cols = image_tokens(get_plan(preset.family), preset, spec.height, spec.width)
     count, what = rows * cols, f"{rows}x{cols}"

@@ -152,6 +152,17 @@ SD3 = Plan(
     row=_blocks("transformer_blocks.*", ("ff.net.2", "ff_context.net.2")),
 )
 
+# Dual-stream blocks (an MLP per stream) then single-stream blocks whose proj_out reads
+# [attention; MLP]: Flux and HunyuanVideo alike
+_DUAL_SINGLE_MLPS = dict(
+    column=(
+        *_blocks("transformer_blocks.*", ("ff.net.0.proj", "ff_context.net.0.proj")),
+        "single_transformer_blocks.*.proj_mlp",
+    ),
+    row=_blocks("transformer_blocks.*", ("ff.net.2", "ff_context.net.2")),
+    packed_row=(PackedRow("single_transformer_blocks.*.proj_out", ("attn.to_q", "proj_mlp")),),
+)
+
 FLUX = Plan(
     family="flux",
     token_patch=2,  # the denoiser packs 2x2 latent pixels into one token
@@ -163,12 +174,7 @@ FLUX = Plan(
         AttentionPlan("transformer_blocks.*.attn", "joint_text_first"),
         AttentionPlan("single_transformer_blocks.*.attn", "text_prefix"),
     ),
-    column=(
-        *_blocks("transformer_blocks.*", ("ff.net.0.proj", "ff_context.net.0.proj")),
-        "single_transformer_blocks.*.proj_mlp",
-    ),
-    row=_blocks("transformer_blocks.*", ("ff.net.2", "ff_context.net.2")),
-    packed_row=(PackedRow("single_transformer_blocks.*.proj_out", ("attn.to_q", "proj_mlp")),),
+    **_DUAL_SINGLE_MLPS,
 )
 
 _UNET_TRANSFORMERS = (
@@ -194,8 +200,9 @@ UNET = Plan(
 )
 
 # -- video models: the tokens are split where sequence and patch parallelism cut them
-# (token_split.py; tensor parallelism is refused before start, see checks.VIDEO_UNSUPPORTED);
-# rope tables cover the video tokens only
+# (token_split.py); rope tables cover the video tokens only. Tensor parallelism splits heads and
+# MLPs as for the image DiTs; Wan's q/k RMSNorm spans all heads, so tensor.py replaces it by one
+# whose statistics are all-reduced (found by its width, like the attention processor does).
 
 WAN = Plan(
     family="wan",
@@ -207,6 +214,8 @@ WAN = Plan(
         AttentionPlan("blocks.*.attn1", "self"),
         AttentionPlan("blocks.*.attn2", "cross"),
     ),
+    column=("blocks.*.ffn.net.0.proj",),
+    row=("blocks.*.ffn.net.2",),
 )
 
 HUNYUANVIDEO = Plan(
@@ -220,6 +229,8 @@ HUNYUANVIDEO = Plan(
         AttentionPlan("transformer_blocks.*.attn", "joint_text_last", rope_text=False),
         AttentionPlan("single_transformer_blocks.*.attn", "shared_text_last", rope_text=False),
     ),
+    # the text refiner (context_embedder) stays replicated, as Flux's embedders do
+    **_DUAL_SINGLE_MLPS,
 )
 
 COGVIDEOX = Plan(
@@ -232,6 +243,8 @@ COGVIDEOX = Plan(
     split_inputs=MappingProxyType({"image_rotary_emb": 0}),
     gather_after="proj_out",
     attention=(AttentionPlan("transformer_blocks.*.attn1", "shared_text_first", rope_text=False),),
+    column=_blocks("transformer_blocks.*", _FF_GELU["column"]),
+    row=_blocks("transformer_blocks.*", _FF_GELU["row"]),
 )
 
 PLANS: dict[str, Plan] = {

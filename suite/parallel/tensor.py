@@ -11,7 +11,9 @@ Every rank sees all tokens and keeps its share of each split layer:
   and the time projection split by output channels, norm2 by groups, conv2 by input channels,
   then one all-reduce.
 Norms, adaLN modulation, embeddings, convolutions in/out and the UNet's proj_in/proj_out stay
-replicated. Biases of split-by-input layers are added once, after the all-reduce.
+replicated. Biases of split-by-input layers are added once, after the all-reduce. A q/k norm that
+spans every head's features (Wan's rms_norm_across_heads) cannot run on a rank's heads alone: it
+becomes `AcrossHeadsRMSNorm`, whose sum of squares (B x S floats) is all-reduced first.
 
 Shares are contiguous and cut in whole units (heads, GroupNorm groups, features); where n does
 not divide a count, the first count % n ranks take one unit more (SDXL's 10 heads over 8 ranks:
@@ -19,7 +21,8 @@ not divide a count, the first count % n ranks take one unit more (SDXL's 10 head
 bytes as even ones; validation keeps n at most the smallest count, so no rank holds nothing.
 
 Per DiT block: one all-reduce of B x S x hidden per attention output and per MLP, i.e. the
-design table's 4 * O(p * hs) * L counted in bus bytes (all-reduce factor 2).
+design table's 4 * O(p * hs) * L counted in bus bytes (all-reduce factor 2); Wan adds one of
+B x S x 1 fp32 per q/k norm (1/hidden of an output's all-reduce, but four more calls per block).
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from torch import nn
 
 from suite.comm import Comm
 from suite.parallel import Parallelized
-from suite.parallel.attention import LocalCore, install, track_text_length
+from suite.parallel.attention import LocalCore, install, norm_width, track_text_length
 from suite.parallel.plans import find, get_plan
+from suite.parallel.token_split import install_mask_check
 
 _ATTN_COLUMN = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
 
@@ -59,6 +63,33 @@ class RowParallel(nn.Module):
         if self.bias is None:
             return y
         return y + (self.bias[:, None, None] if self.is_conv else self.bias)
+
+
+class AcrossHeadsRMSNorm(nn.Module):
+    """An RMSNorm over all heads' features (torch.nn.RMSNorm or diffusers' RMSNorm of the full
+    projection width) for a rank holding the features `index`: the per-token sum of squares is
+    all-reduced over the 'tensor' axis, then each rank scales its own features. Statistics in
+    fp32, as diffusers' RMSNorm computes them."""
+
+    across_heads = True  # PlanAttnProcessor normalizes before splitting heads
+
+    def __init__(self, norm: nn.Module, index: torch.Tensor, comm: Comm, layer: str):
+        super().__init__()
+        if "RMSNorm" not in type(norm).__name__:
+            raise NotImplementedError(f"{layer}: only RMSNorm is split across heads")
+        weight = getattr(norm, "weight", None)
+        self.weight = None if weight is None else nn.Parameter(weight[index].clone(), False)
+        self.width = norm_width(norm)
+        self.eps, self.comm, self.layer = norm.eps, comm, layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        squares = self.comm.all_reduce(
+            xf.square().sum(-1, keepdim=True), "tensor", layer=self.layer
+        )
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        y = (xf * torch.rsqrt(squares / self.width + eps)).to(x.dtype)
+        return y if self.weight is None else y * self.weight
 
 
 def _span(units: int, rank: int, n: int) -> tuple[int, int]:
@@ -109,10 +140,21 @@ def _set(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, name, module)
 
 
-def _shard_attention(model: nn.Module, path: str, rank: int, n: int, row) -> None:
-    """Q/K/V (and text-stream) projections by heads, output projections by input features."""
+# q/k norms and the projection whose output each normalizes
+_QK_NORMS = {"norm_q": "to_q", "norm_k": "to_k", "norm_added_q": "add_q_proj",
+             "norm_added_k": "add_k_proj"}  # fmt: skip
+
+
+def _shard_attention(model: nn.Module, path: str, rank: int, n: int, row, comm: Comm) -> None:
+    """Q/K/V (and text-stream) projections by heads, output projections by input features;
+    q/k norms over all heads replaced by their all-reduced form."""
     attn = model.get_submodule(path)
     head = attn.processor.head_dim  # cut in whole heads: a rank attends with the heads it holds
+    for norm_name, proj_name in _QK_NORMS.items():
+        norm, lin = getattr(attn, norm_name, None), getattr(attn, proj_name, None)
+        if norm is not None and lin is not None and norm_width(norm) == lin.out_features != head:
+            index = _columns(lin.out_features, rank, n, unit=head)
+            setattr(attn, norm_name, AcrossHeadsRMSNorm(norm, index, comm, f"{path}.{norm_name}"))
     for name in _ATTN_COLUMN:
         lin = getattr(attn, name, None)
         if lin is not None:
@@ -162,10 +204,11 @@ def apply_tensor(workload, comm, options) -> Parallelized:
     # composed with a sequence strategy, its processors (agnostic of head sharding) stay
     text_length = track_text_length(model, plan)
     attention = install(model, plan, lambda layout: LocalCore(), text_length, replace=False)
+    install_mask_check(model, plan)  # our processors run the joint attention unmasked
     if n == 1:
         return par
     for path in attention:
-        _shard_attention(model, path, rank, n, row)
+        _shard_attention(model, path, rank, n, row, comm)
     for pattern in plan.column:
         for _, lin in find(model, pattern):
             _shard_out(lin, _columns(lin.out_features, rank, n))

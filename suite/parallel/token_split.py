@@ -79,15 +79,21 @@ def install_splits(
         )
     for path, dim in plan.split_outputs.items():
         module_at(model, path).register_forward_hook(lambda m, a, out, dim=dim: local(out, dim))
-    if plan.text_mask:
+    install_mask_check(model, plan)
 
-        def check_mask(module, args, kwargs):
-            mask = kwargs.get(plan.text_mask)
-            # an analytic world's mask is on meta: no values to check (its shapes are the run's)
-            if mask is not None and not mask.is_meta and not bool(mask.all()):
-                raise NotImplementedError(
-                    f"{plan.family}: a padded prompt ({plan.text_mask} with zeros) needs its "
-                    "joint attention mask split with the tokens, which is not implemented"
-                )
 
-        model.register_forward_pre_hook(check_mask, with_kwargs=True)
+def install_mask_check(model: torch.nn.Module, plan: Plan) -> None:
+    """Refuse, once per forward, a text mask with zeros where the plan's processors drop it."""
+    if not plan.text_mask:
+        return
+
+    def check_mask(module, args, kwargs):
+        mask = kwargs.get(plan.text_mask)
+        # an analytic world's mask is on meta: no values to check (its shapes are the run's)
+        if mask is not None and not mask.is_meta and not bool(mask.all()):
+            raise NotImplementedError(
+                f"{plan.family}: a padded prompt ({plan.text_mask} with zeros) needs its "
+                "joint attention mask split with the tokens, which is not implemented"
+            )
+
+    model.register_forward_pre_hook(check_mask, with_kwargs=True)

@@ -21,7 +21,7 @@ PRESETS = ["tiny-wan2.1-t2v-1.3b", "tiny-wan2.1-t2v-14b", "tiny-hunyuanvideo", "
 CASES = [
     pytest.param((strategy, {strategy: 2}, preset), id=f"{strategy}-{preset}")
     for preset in PRESETS
-    for strategy in ("ulysses", "ring")
+    for strategy in ("ulysses", "ring", "tensor")
 ]
 
 

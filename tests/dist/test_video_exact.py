@@ -40,12 +40,17 @@ CASES_2 = [
     *[("ring", m, {"ring": 2}, 1) for m in ("wan", "hunyuan", "cogvideox")],
     *[("cfg", m, {"cfg": 2}, 1) for m in ("wan", "cogvideox")],
     ("data", "hunyuan", {"data": 2}, 2),
+    *[("tensor", m, {"tensor": 2}, 1) for m in ("wan", "hunyuan", "cogvideox")],
 ]
 CASES_4 = [
     *[("usp", m, {"ring": 2, "ulysses": 2}, 1) for m in ("wan", "hunyuan", "cogvideox")],
     ("ulysses", "wan14b", {"ulysses": 4}, 1),
     ("cfg+ulysses", "cogvideox", {"cfg": 2, "ulysses": 2}, 1),
     ("cfg+ring", "wan", {"cfg": 2, "ring": 2}, 1),
+    ("tensor", "wan14b", {"tensor": 4}, 1),  # 8 heads: 2 per rank
+    ("ulysses+tensor", "wan", {"ulysses": 2, "tensor": 2}, 1),  # 1 head per rank
+    ("cfg+tensor", "cogvideox", {"cfg": 2, "tensor": 2}, 1),
+    ("ring+tensor", "hunyuan", {"ring": 2, "tensor": 2}, 1),
 ]
 
 
@@ -74,13 +79,31 @@ def reference(model: str, batch: int) -> torch.Tensor:
     return workloads.denoise(wl)
 
 
+def _tensor_elements(model: str, n: int, T: int, hs: int) -> int:
+    """Elements all-reduced per clip and step under tensor parallelism (any degree), for a rank
+    holding n video tokens (the text's T are on every rank)."""
+    if model.startswith("wan"):  # 4 blocks: self-attention, cross-attention, MLP outputs; and
+        # the across-heads q/k norms' sums of squares: self q, k (n each), cross q (n), k (T)
+        return 4 * (3 * n * hs + 3 * n + T)
+    if model == "hunyuan":  # 2 dual blocks (attention + MLP, both streams), 2 single (proj_out)
+        return 2 * 2 * (n + T) * hs + 2 * (n + T) * hs
+    # cogvideox, 4 blocks: to_out of video and of text (two calls), MLP over [text; video]
+    return 4 * 2 * (n + T) * hs
+
+
 def expected_bytes(strategy: str, model: str, degrees: dict, batch: int) -> dict:
     """Bytes per step and rank by (op, axis), the sizes tests/dist/test_exact.py counts."""
     m = MODEL[model]
-    cfg, ring, uly, data = (degrees.get(a, 1) for a in ("cfg", "ring", "ulysses", "data"))
+    cfg, ring, uly, data, tp = (
+        degrees.get(a, 1) for a in ("cfg", "ring", "ulysses", "data", "tensor")
+    )
     B = batch // data * (2 if m["cfg"] and cfg == 1 else 1)  # clips through the model per rank
     hs, N, T, L, C = m["hs"], m["N"], m["T"], m["L"], m["C"]
     out = {}
+    if tp > 1:
+        n = N // (ring * uly)
+        out[("all_reduce", "tensor")] = B * _tensor_elements(model, n, T, hs) * F32
+    hs //= tp  # what a rank's heads hold of Q, K, V and O: the sequence axes move that
     if data > 1:  # the final latents, gathered once per loop of STEPS steps
         out[("all_gather", "data")] = batch * LATENT[0] * LATENT[1] * LATENT[2] * LATENT[3] * F32
         out[("all_gather", "data")] /= STEPS
@@ -122,8 +145,9 @@ def results4(world4):
 # HunyuanVideo's masks an all-true mask, Wan rotates in float64 either way). Measured max
 # |error| / max |reference|: 0 (ulysses: bitwise equal on all three families), <= 2.0e-6 (ring,
 # usp: CogVideoX's joint LSE merge the largest), <= 1.9e-6 (cfg and its hybrids), 2.1e-7
-# (data): 1e-5 leaves 5x headroom, while a wrong split, rope row or text layout moves outputs by
-# O(1).
+# (data), <= 2.0e-6 (tensor and its hybrids: Wan's all-reduced q/k norms 7.5e-7, the same as
+# CogVideoX's and HunyuanVideo's through our processor on one rank): 1e-5 leaves 5x headroom,
+# while a wrong split, rope row, head share or text layout moves outputs by O(1).
 TOL = 1e-5
 
 

@@ -66,15 +66,27 @@ def test_bad_clips_name_the_allowed_values():
 @pytest.mark.parametrize(
     "name, degrees, why",
     [
-        ("tensor", {"tensor": 2}, "normalizes queries and keys across all heads"),
         ("diffusers_cp", {"ulysses": 2}, "image models only"),
         ("diffusers_tp", {"tensor": 2}, "image models only"),
-        ("cfg+tensor", {"cfg": 2, "tensor": 2}, "tensor: there is no tensor-parallel plan"),
+        ("cfg+diffusers_cp", {"cfg": 2, "ulysses": 2}, "diffusers_cp: the wrapper"),
     ],
 )
 def test_strategies_that_cannot_run_video_say_why_before_start(name, degrees, why):
     out = _problems(strategies=[{"name": name, "degrees": degrees}])
     assert f"strategy '{name}' cannot run video model '{VIDEO}'" in out and why in out
+
+
+def test_tensor_degrees_on_video_follow_the_heads():
+    # tiny-wan2.1-t2v-1.3b attends with 4 heads: 2 and 4 split them, 3 does not
+    for n in (2, 4):
+        (run,) = parse_config(_raw(strategies=[{"name": "tensor", "degrees": {"tensor": n}}])).runs
+        assert run.world_size == n
+    out = _problems(strategies=[{"name": "tensor", "degrees": {"tensor": 3}}])
+    assert "tensor degree 3 does not divide the attention head count(s) [4]" in out
+    assert "allowed tensor degrees: 1, 2, 4" in out
+    # ulysses splits the heads a tensor rank holds: 4 heads / tensor 2 = 2 per rank, not 4 ways
+    out = _problems(strategies=[{"name": "ulysses+tensor", "degrees": {"ulysses": 4, "tensor": 2}}])
+    assert "ulysses degree 4 does not divide the 2 heads a rank holds under tensor degree 2" in out
 
 
 def test_video_runs_are_stored_with_frames_and_matched_by_them():

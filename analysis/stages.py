@@ -6,7 +6,9 @@ call, so a projection compared with their numbers adds these stages. Nothing her
 every number is PROJECTED on a profile, like the loop's.
 
 The VAE is diffusers' AutoencoderKL with the architecture in `workloads.vae` (its decode: the
-post-quant conv and the decoder, un-tiled, at the run's batch); the text encoders are
+post-quant conv and the decoder, un-tiled, at the run's batch; a video model's 3-D VAE with the
+library's default decode: Wan's and CogVideoX's frame by frame with cached causal context,
+HunyuanVideo's in overlapping windows of 16 frames, none spatially tiled); the text encoders are
 transformers' models with the configs in `workloads.text_encoders`, each run on its tokens for
 every prompt the pipeline encodes. Both in the projection's dtype.
 """
@@ -37,14 +39,21 @@ def record(fn) -> np.ndarray:
     return ops if len(ops) else np.zeros(0, dtype=OP_DTYPE)
 
 
-def vae_decode_ops(preset: str, height: int, width: int, batch: int = 1, dtype: str = "fp16"):
-    """Operators of one VAE decode of `batch` latents of a height x width px image."""
+def vae_decode_ops(
+    preset: str, height: int, width: int, batch: int = 1, dtype: str = "fp16", frames: int = 0
+):
+    """Operators of one VAE decode of `batch` latents of a height x width px image, or of
+    `frames`-frame clips for a video preset (its causal 3-D VAE over F' latent frames)."""
     from workloads.presets import get_preset
     from workloads.vae import meta_vae
 
     p = get_preset(preset)
     vae = meta_vae(p, TORCH_DTYPES[opmodel.dtype_key(dtype)])
     shape = (batch, p.latent_channels, height // p.vae_scale_factor, width // p.vae_scale_factor)
+    if p.video:
+        from workloads.video_size import latent_frames
+
+        shape = (*shape[:2], latent_frames(p, frames), *shape[2:])
     latents = torch.empty(shape, device="meta", dtype=vae.dtype)
     return record(lambda: vae.decode(latents, return_dict=False))
 

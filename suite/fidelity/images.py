@@ -5,9 +5,10 @@ How latents become RGB (the source is written to images/SOURCE.txt and shown in 
 - a workload whose `weights` name a local pipeline directory with a `vae/` folder: VAE decode;
 - otherwise a fixed latent-to-RGB projection (PROJECTION below): no network, the same map for
   every run, so differences between runs show, though the colours mean nothing.
-Video latents (B, C, F, h, w) follow the same rule frame by frame (pixel space, else the
-projection of each latent frame; a video VAE decode is not done here yet) and are saved as B * F
-PNGs, clip after clip, with the layout in images/VIDEO.json so that scores can be per frame.
+Video latents (B, C, F', h, w) follow the same rule: pixel space; a pipeline directory's `vae/`
+(the model's causal 3-D VAE, F' latent frames -> 4 (F' - 1) + 1 frames at full size); else the
+projection of each latent frame. They are saved as one PNG per frame, clip after clip, with the
+layout in images/VIDEO.json so that scores can be per frame.
 Fidelity is always computed on the saved 8-bit PNGs, as the papers score saved images.
 """
 
@@ -28,6 +29,7 @@ VIDEO_FILE = "VIDEO.json"  # {"clips": B, "frames": F} of a video run's images
 PIXEL_SPACE = "pixel space"
 PROJECTION = "latent projection"
 VAE = "VAE decode"
+VIDEO_VAE = "video VAE decode"
 SOURCES: dict[str, str] = {
     PIXEL_SPACE: "pixel space: the model denoises RGB directly, the final latent is the image",
     PROJECTION: "latent projection: no VAE weights, so a fixed latent-to-RGB map (no network) "
@@ -35,6 +37,9 @@ SOURCES: dict[str, str] = {
     "0, 1) with W[k, c] = sqrt(2/C) cos(2*pi*c/C - 2*pi*k/3), at latent resolution; colours mean "
     "nothing, but differences between runs show",
     VAE: "VAE decode: the pipeline's AutoencoderKL (latents / scaling_factor + shift_factor)",
+    VIDEO_VAE: "video VAE decode: the pipeline's 3-D VAE (AutoencoderKLWan, "
+    "AutoencoderKLHunyuanVideo or AutoencoderKLCogVideoX) on the latents its pipeline hands it, "
+    "every frame of the clip",
 }
 
 
@@ -75,15 +80,39 @@ def vae_decode(latents: torch.Tensor, vae_dir: Path, device: str = "cpu") -> tor
     return torch.cat(out)
 
 
+@torch.no_grad()
+def video_vae_decode(
+    preset, latents: torch.Tensor, vae_dir: Path, device: str = "cpu"
+) -> torch.Tensor:
+    """Decode (B, C, F', h, w) video latents with the pipeline's own 3-D VAE, one clip at a time
+    (its activations are large); (B, 3, F, H, W) RGB in [0, 1]."""
+    import diffusers
+
+    from workloads.vae import unscale_video_latents, vae_config
+
+    cls, _ = vae_config(preset)
+    vae = getattr(diffusers, cls).from_pretrained(vae_dir, subfolder="vae").to(device).eval()
+    clips = []
+    for z in latents.float().split(1):
+        z = unscale_video_latents(preset.family, z.to(device), vae.config)
+        x = vae.decode(z.to(vae.dtype), return_dict=False)[0]
+        clips.append(((x.float().cpu() + 1) / 2).clamp(0, 1))
+    return torch.cat(clips)
+
+
 def decode(
     preset, latents: torch.Tensor, weights: str | None = None, device: str = "cpu"
 ) -> tuple[torch.Tensor, str]:
     """(images (N, 3, H, W) in [0, 1], how they were made) for a preset's final latents.
 
-    Video latents (B, C, F, h, w) give B * F images, clip after clip, by the image rule applied
-    to each (latent) frame; a video VAE decode does not exist here yet, so a latent video model
-    is projected per latent frame."""
+    Video latents (B, C, F', h, w) give B clips of frames, clip after clip: decoded by the
+    pipeline's video VAE when `weights` has one (4 (F' - 1) + 1 frames each), else one image per
+    latent frame by the image rule (pixel space, or the projection)."""
     if latents.ndim == 5:
+        vae_dir = None if preset.pixel_space else _vae_dir(weights)
+        if vae_dir is not None:
+            video = video_vae_decode(preset, latents, vae_dir, device)
+            return video.transpose(1, 2).flatten(0, 1), VIDEO_VAE
         frames = latents.transpose(1, 2).flatten(0, 1)  # (B * F, C, h, w), clip after clip
         if preset.pixel_space:
             return ((frames.float() + 1) / 2).clamp(0, 1), PIXEL_SPACE
@@ -152,8 +181,9 @@ def write_run_images(spec, run_dir: Path, latents: torch.Tensor | None = None) -
     images, source = decode(preset, latents, getattr(spec, "weights", None), device)
     folder = run_dir / IMAGES
     save_images(images, folder, source)
-    if latents.ndim == 5:
-        save_video_layout(folder, clips=latents.shape[0], frames=latents.shape[2])
+    if latents.ndim == 5:  # a VAE decode gives more frames than latent frames
+        clips = latents.shape[0]
+        save_video_layout(folder, clips=clips, frames=images.shape[0] // clips)
     return folder
 
 

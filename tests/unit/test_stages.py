@@ -87,3 +87,37 @@ def test_price_stage_sums_the_operator_model():
     assert cost.time_s == pytest.approx(max(2 * 64**3 / 0.5e12, 49152 / (rate * 1e9)))
     assert cost.memory_bound_s == cost.time_s and cost.compute_bound_s == 0
     assert price_stage(_profile(), ops[:0]).time_s == 0.0
+
+
+@pytest.mark.parametrize("preset", ["wan2.1-t2v-1.3b", "hunyuanvideo", "cogvideox-5b"])
+def test_video_vae_decode_flops_match_torchs_counter(preset):
+    # a 9x64x64 clip: 3 latent frames of 8x8, every temporal and spatial upsampler runs
+    from workloads.presets import get_preset
+    from workloads.vae import vae_config
+
+    ops = vae_decode_ops(preset, 64, 64, dtype="fp32", frames=9)
+    vae = meta_vae(preset)
+    assert type(vae).__name__ == vae_config(preset)[0]
+    latents = torch.empty((1, get_preset(preset).latent_channels, 3, 8, 8), device="meta")
+    with torch.no_grad(), flop_counter() as counter:
+        (video,) = vae.decode(latents, return_dict=False)
+    assert video.shape == (1, 3, 9, 64, 64)  # 4 (F' - 1) + 1 frames, 8x in space
+    assert _flops(ops) == counter.get_total_flops() > 0
+    # at least linear in the frames (17 / 9 decoded = 1.89, 5 / 3 latent = 1.67): Wan 1.86,
+    # CogVideoX about the same; HunyuanVideo 2.41 (its mid-block attention spans all frames, and
+    # a clip over 16 frames is decoded in overlapping windows)
+    longer = _flops(vae_decode_ops(preset, 64, 64, dtype="fp32", frames=17)) / _flops(ops)
+    assert 1.6 < longer < 2.6
+
+
+def test_video_text_encoders_have_their_published_sizes():
+    def params(preset, i=0):
+        cls, config, tokens, prompts = text_encoders(preset)[i]
+        return sum(p.numel() for p in meta_text_encoder(cls, config, torch.bfloat16).parameters())
+
+    # Llama 3 8B without its LM head (8.03 B - 0.53 B); umT5-XXL's encoder: T5-XXL's 4.76 B with
+    # a 256k instead of a 32k vocabulary (+ 0.92 B of embedding)
+    assert params("hunyuanvideo") == pytest.approx(7.50e9, rel=0.01)
+    assert params("wan2.1-t2v-14b") == pytest.approx(4.76e9 + (256384 - 32128) * 4096, rel=0.01)
+    assert [t[2:] for t in text_encoders("hunyuanvideo")] == [(351, 1), (77, 1)]
+    assert text_encoders("tiny-wan2.1-t2v-1.3b") == ()

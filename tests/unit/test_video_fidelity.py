@@ -19,6 +19,7 @@ from suite.fidelity.images import (
     PIXEL_SPACE,
     PROJECTION,
     decode,
+    load_images,
     project_latents,
     save_images,
     save_video_layout,
@@ -266,6 +267,47 @@ def test_write_run_images_records_the_clip_layout(tmp_path):
     folder = write_run_images(spec, tmp_path, torch.randn(3, 16, 2, 8, 8))
     assert json.loads((folder / "VIDEO.json").read_text()) == {"clips": 3, "frames": 2}
     assert len(list(folder.glob("*.png"))) == 6
+
+
+# Small random VAEs of each video family's class (8 channels a level, the published compression:
+# 8x in space, 4x in time), saved as a pipeline directory's vae/ folder
+_TINY_VIDEO_VAES = {
+    "tiny-wan2.1-t2v-1.3b": dict(base_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1),
+    "tiny-hunyuanvideo": dict(block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                              norm_num_groups=4),
+    "tiny-cogvideox-5b": dict(block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                              norm_num_groups=4),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("workload", list(_TINY_VIDEO_VAES))
+def test_video_latents_with_a_local_vae_are_decoded_to_every_frame(tmp_path, workload):
+    import diffusers
+
+    from suite.fidelity.images import VIDEO_VAE, image_source
+    from workloads.presets import get_preset
+    from workloads.vae import unscale_video_latents, vae_config
+
+    preset = get_preset(workload)
+    cls = getattr(diffusers, vae_config(preset)[0])
+    torch.manual_seed(0)
+    vae = cls(**_TINY_VIDEO_VAES[workload]).eval()
+    vae.save_pretrained(tmp_path / "pipe" / "vae")
+    latents = torch.randn(2, 16, 3, 4, 6)  # 2 clips of 3 latent frames, 4x6 latent pixels
+    spec = SimpleNamespace(workload=workload, device="cpu", weights=str(tmp_path / "pipe"))
+    folder = write_run_images(spec, tmp_path / "run", latents)
+    # 4 (3 - 1) + 1 = 9 frames of 32 x 48 px per clip, clip after clip
+    assert video_layout(folder) == (2, 9) and image_source(folder) == VIDEO_VAE
+    images = load_images(folder)
+    assert images.shape == (18, 3, 32, 48)
+    with torch.no_grad():  # clip 1, frame 4: the pipeline's un-normalized latent, decoded
+        z = unscale_video_latents(preset.family, latents[1:2], vae.config)
+        expected = ((vae.decode(z, return_dict=False)[0][0, :, 4] + 1) / 2).clamp(0, 1)
+    # the PNGs hold 8-bit values: within half a level of the decoded frame
+    torch.testing.assert_close(images[9 + 4], expected, rtol=0, atol=0.5 / 255 + 1e-6)
+    # without the vae/ folder the same latents are projected per latent frame
+    spec.weights = None
+    assert video_layout(write_run_images(spec, tmp_path / "bare", latents)) == (2, 3)
 
 
 def test_report_shows_video_metrics_a_strip_and_a_gif_per_pair(tmp_path):

@@ -73,17 +73,32 @@ class _Stages:
         key = dtype_key(run.dtype)
         cfg = bool(run.guidance and float(run.guidance) > 1)
         text_key = ("text", run.workload, int(run.batch), cfg, key)
-        vae_key = ("vae", run.workload, int(run.height), int(run.width), int(run.batch), key)
+        frames = _frames(run)
+        vae_key = (
+            "vae",
+            run.workload,
+            int(run.height),
+            int(run.width),
+            int(run.batch),
+            key,
+            frames,
+        )
         if text_key not in self.ops:
             self.ops[text_key] = text_encoder_ops(run.workload, int(run.batch), cfg, key)
         if vae_key not in self.ops:
             self.ops[vae_key] = vae_decode_ops(
-                run.workload, int(run.height), int(run.width), int(run.batch), key
+                run.workload, int(run.height), int(run.width), int(run.batch), key, frames
             )
         return (
             price_stage(profile, self.ops[text_key], key).time_s,
             price_stage(profile, self.ops[vae_key], key).time_s,
         )
+
+
+def _frames(run) -> int:
+    """A video run's clip length (0 for images, whose `frames` is stored empty)."""
+    frames = getattr(run, "frames", None)
+    return 0 if frames is None or pd.isna(frames) else int(frames)
 
 
 def _profiles(rows: pd.DataFrame) -> list[str]:

@@ -22,13 +22,10 @@ DISTRI_SPLITS = ("row", "frames", "height")
 
 # -- video models ------------------------------------------------------------------------------
 
-# Strategies that do not run video presets (yet), and why: told before any process starts.
-VIDEO_UNSUPPORTED = {
-    "diffusers_cp": "the wrapper of diffusers' context parallelism is set up for image models "
-    "only; use ulysses, ring or usp",
-    "diffusers_tp": "the wrapper of diffusers' tensor parallelism is set up for image models only",
-}
-# ... and per (strategy, video family)
+# Strategies that cannot run a video family, and why: told before any process starts. (The
+# wrappers of diffusers' own parallelism are not listed: whether the library has a plan for a
+# model class depends on its version, so the library answers at run time and the run is stored
+# as skipped with its reason, as for the image models.)
 _JOINT_PIPE = (
     "PipeFusion pipelines blocks whose text input is fixed (Wan's cross-attention); {model}'s "
     "blocks update the text stream from every video token by joint attention, so running the "
@@ -42,10 +39,10 @@ VIDEO_UNSUPPORTED_FAMILY = {
 
 
 def video_unsupported(name: str, family: str | None = None) -> str | None:
-    """Why strategy `name` (parts joined by '+') cannot run a video preset (of `family`, when
-    given); None if it can."""
+    """Why strategy `name` (parts joined by '+') cannot run a video preset of `family`; None if
+    it can."""
     parts = [p.strip() for p in name.split("+")] if isinstance(name, str) else []
-    why = {p: VIDEO_UNSUPPORTED.get(p) or VIDEO_UNSUPPORTED_FAMILY.get((p, family)) for p in parts}
+    why = {p: VIDEO_UNSUPPORTED_FAMILY.get((p, family)) for p in parts}
     reasons = [f"{p}: {text}" for p, text in why.items() if text]
     if not reasons:
         return None
@@ -271,15 +268,7 @@ def validate_sequence(spec, preset) -> list[str]:
             f"under tensor degree {tensor} ({heads} heads of {preset.name}); ulysses x tensor "
             "must divide the head count"
         )
-    rows, cols = image_tokens(get_plan(preset.family), preset, spec.height, spec.width)
-    count, what = rows * cols, f"{rows}x{cols}"
-    where, unit = f"{spec.height}x{spec.width} px", "image"
-    if preset.video:
-        from workloads.video_size import latent_frames, temporal_patch
-
-        frames = latent_frames(preset, spec.frames) // temporal_patch(preset)
-        count, what = frames * rows * cols, f"{frames}x{rows}x{cols}"
-        where, unit = f"{spec.frames}x{spec.height}x{spec.width}", "video"
+    count, what, where, unit = _token_grid(spec, preset)
     if count % (ring * ulysses):
         problems.append(
             f"{what} = {count} {unit} tokens at {where} do not split into ring x ulysses = "
@@ -287,6 +276,18 @@ def validate_sequence(spec, preset) -> list[str]:
             "degree"
         )
     return problems
+
+
+def _token_grid(spec, preset) -> tuple[int, str, str, str]:
+    """(tokens, their grid 'FxRxC' or 'RxC', the size they come from, 'video' | 'image')."""
+    rows, cols = image_tokens(get_plan(preset.family), preset, spec.height, spec.width)
+    if not preset.video:
+        return rows * cols, f"{rows}x{cols}", f"{spec.height}x{spec.width} px", "image"
+    from workloads.video_size import latent_frames, temporal_patch
+
+    frames = latent_frames(preset, spec.frames) // temporal_patch(preset)
+    where = f"{spec.frames}x{spec.height}x{spec.width}"
+    return frames * rows * cols, f"{frames}x{rows}x{cols}", where, "video"
 
 
 # -- tensor --------------------------------------------------------------------------------------
@@ -348,7 +349,8 @@ def validate_tensor(spec, preset) -> list[str]:
 
 
 def validate_diffusers_cp(spec, preset) -> list[str]:
-    """The library splits image and text tokens over ring x ulysses and heads over ulysses."""
+    """The library splits image (and text) or video tokens over ring x ulysses and heads over
+    ulysses."""
     d = dict(spec.degrees)
     ring, ulysses = d.get("ring", 1), d.get("ulysses", 1)
     problems = []
@@ -357,12 +359,14 @@ def validate_diffusers_cp(spec, preset) -> list[str]:
             f"ulysses degree {ulysses} does not divide the {preset.heads} attention heads of "
             f"{preset.name}"
         )
-    rows, cols = image_tokens(get_plan(preset.family), preset, spec.height, spec.width)
-    for what, count in (("image", rows * cols), ("text", preset.text_len)):
-        if count % (ring * ulysses):
+    count, _, _, unit = _token_grid(spec, preset)
+    # images: the library splits the text too (Flux); video: Wan's plan keeps the text whole
+    counts = [(unit, count)] + ([] if preset.video else [("text", preset.text_len)])
+    for what, n in counts:
+        if n % (ring * ulysses):
             problems.append(
-                f"{count} {what} tokens do not split into ring x ulysses = {ring * ulysses} "
-                "equal parts (diffusers splits both)"
+                f"{n} {what} tokens do not split into ring x ulysses = {ring * ulysses} "
+                "equal parts (the library splits them)"
             )
     return problems
 

@@ -66,14 +66,24 @@ def test_bad_clips_name_the_allowed_values():
 @pytest.mark.parametrize(
     "name, degrees, why",
     [
-        ("diffusers_cp", {"ulysses": 2}, "image models only"),
-        ("diffusers_tp", {"tensor": 2}, "image models only"),
-        ("cfg+diffusers_cp", {"cfg": 2, "ulysses": 2}, "diffusers_cp: the wrapper"),
+        ("pipefusion", {"pipefusion": 2}, "update the text stream from every video token"),
+        ("cfg+pipefusion", {"cfg": 2, "pipefusion": 2}, "pipefusion: PipeFusion pipelines"),
     ],
 )
 def test_strategies_that_cannot_run_video_say_why_before_start(name, degrees, why):
-    out = _problems(strategies=[{"name": name, "degrees": degrees}])
-    assert f"strategy '{name}' cannot run video model '{VIDEO}'" in out and why in out
+    video = "tiny-cogvideox-5b"
+    out = _problems(workloads=[video], strategies=[{"name": name, "degrees": degrees}])
+    assert f"strategy '{name}' cannot run video model '{video}'" in out and why in out
+
+
+def test_library_context_parallelism_splits_video_tokens_only():
+    # 9x64x64 on tiny Wan: 3 latent frames x 4x4 tokens = 48 video tokens (the text stays whole)
+    (run,) = parse_config(
+        _raw(strategies=[{"name": "diffusers_cp", "degrees": {"ulysses": 4}}])
+    ).runs
+    assert run.world_size == 4
+    out = _problems(strategies=[{"name": "diffusers_cp", "degrees": {"ring": 5}}])
+    assert "48 video tokens do not split into ring x ulysses = 5 equal parts" in out
 
 
 def test_tensor_degrees_on_video_follow_the_heads():

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# GPU check (issue 12, item 5c): on ONE lent CUDA GPU, in about 6 minutes of a 9-minute budget,
+# GPU check (issue 12, item 5c): on ONE lent CUDA GPU, in about 7 minutes of a 9-minute budget,
 #   - measure the single-device latency of sdxl 1024^2, pixart-alpha 1024^2 and 2048^2 and
 #     flux-dev 1024^2 (bf16, random weights, 4 steps, 1 warm-up loop, median of 3 timed loops) in
 #     real worlds of one rank: NCCL backend, steps timed after a device synchronize, NVML sampling
-#     (configs/perf/gpu_check.yaml and gpu_check_2048.yaml, their `real` entries);
+#     (configs/perf/gpu_check.yaml and gpu_check_2048.yaml, their `real` entries), and of the
+#     video DiT wan2.1-t2v-1.3b at 81x480x832 (2 steps; configs/perf/gpu_check_video.yaml);
 #   - calibrate the GPU's operator curves (`diffscale calibrate --device cuda`: CUDA-event timing)
 #     into a measured profile;
 #   - exercise NCCL, the comm ledger's CUDA-event path and NVML in a world of one rank (NCCL
 #     refuses two ranks on one GPU, so no two-rank world is tried);
-#   - run the same four runs as analytic twins (meta device, operators recorded, nothing computed);
+#   - run the same five runs as analytic twins (meta device, operators recorded, nothing computed);
 #   - project them, unanchored, in bf16, on the catalog profile of the GPU (8xH200-NVLink) and on
 #     the measured profile, and compare with the measurements: target |error| <= 15%.
 #
@@ -41,8 +42,8 @@
 # 540: every stage's timeout is clipped to what is left), GPU_CHECK_CATALOG (default by GPU name,
 # 8xH200-NVLink for an H200), GPU_CHECK_PROFILE (default local-<GPU name>), GPU_CHECK_COMMIT (the
 # commit checked, when the copy has no .git), GPU_CHECK_RECALIBRATE=1 (calibrate again).
-# Expected device time (H200, 16 cores): environment 0.3 min, real runs 1.5, calibration 1.5,
-# probe 0.3, analytic twins 1, projections 0.5, comparison 0.3: about 6 minutes.
+# Expected device time (H200, 16 cores): environment 0.3 min, real runs 2.2, calibration 1.5,
+# probe 0.3, analytic twins 1.3, projections 0.5, comparison 0.3: about 7 minutes.
 set -euo pipefail
 
 START=$(date +%s)
@@ -200,7 +201,7 @@ log "GPU: ${GPU:-none}; catalog profile $CATALOG; measured profile $PROFILE; wor
 pack
 
 # -- 2. real single-device runs (NCCL world of 1, CUDA sync timing, NVML) -------------------------
-for part in gpu_check gpu_check_2048; do
+for part in gpu_check gpu_check_2048 gpu_check_video; do
   for mode in real analytic; do
     "${HELPER[@]}" subset "$REPO/configs/perf/$part.yaml" --world-mode "$mode" \
       --out "$WORK/configs/${part}_$mode.yaml" || log "subset of $part.yaml ($mode) FAILED"
@@ -210,9 +211,11 @@ RUN=("${DS[@]}" run --out "$WORK/results" --no-progress --no-report)
 if ((CUDA)); then
   stage real_1024 240 "${RUN[@]}" "$WORK/configs/gpu_check_real.yaml" || true
   stage real_2048 120 "${RUN[@]}" "$WORK/configs/gpu_check_2048_real.yaml" || true
+  stage real_video 120 "${RUN[@]}" "$WORK/configs/gpu_check_video_real.yaml" || true
 else
   skip real_1024 "no CUDA device"
   skip real_2048 "no CUDA device"
+  skip real_video "no CUDA device"
 fi
 
 # -- 3. operator curves of the GPU (CUDA events; collectives of a 2-rank gloo world, small sizes) -
@@ -239,6 +242,7 @@ fi
 # -- 5. analytic twins (meta device, CPU only: nothing computed) ----------------------------------
 stage analytic_1024 150 "${RUN[@]}" "$WORK/configs/gpu_check_analytic.yaml" || true
 stage analytic_2048 90 "${RUN[@]}" "$WORK/configs/gpu_check_2048_analytic.yaml" || true
+stage analytic_video 90 "${RUN[@]}" "$WORK/configs/gpu_check_video_analytic.yaml" || true
 
 # -- 6. projections (unanchored, bf16) on the catalog and the measured profile --------------------
 if [[ -f $WORK/results/results.db ]]; then
@@ -265,7 +269,7 @@ compare=("${HELPER[@]}" compare "$WORK/results/results.db" --md "$OUT/gpu_check.
   --probe "$WORK/nccl_probe.json" --profile "$PROFILE_YAML")
 # memory estimates (a meta forward per workload) only when the budget allows
 if (($(remaining) > 60)); then
-  compare+=(--configs "$REPO/configs/perf/gpu_check.yaml,$REPO/configs/perf/gpu_check_2048.yaml")
+  compare+=(--configs "$REPO/configs/perf/gpu_check.yaml,$REPO/configs/perf/gpu_check_2048.yaml,$REPO/configs/perf/gpu_check_video.yaml")
 fi
 rc=0
 timeout -k 5 $(($(remaining) > 30 ? $(remaining) : 30)) "${compare[@]}" >"$WORK/logs/compare.log" 2>&1 || rc=$?

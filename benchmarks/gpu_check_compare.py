@@ -339,7 +339,7 @@ def comparison(db: str | Path, target_pct: float = TARGET_PCT):
     pairs = pairs.rename(columns={"latency_s": "measured_latency_s", "hardware": "profile"})
     pairs["error_pct"] = 100 * (pairs["projected_latency_s"] / pairs["measured_latency_s"] - 1)
     pairs["within_target"] = pairs["error_pct"].abs() <= target_pct
-    pairs["resolution"] = pairs["height"].astype(str) + "x" + pairs["width"].astype(str)
+    pairs["resolution"] = [_size(r) for r in pairs.itertuples()]
     cols = ["profile", "workload", "resolution", "steps", "dtype", "measured_latency_s",
             "projected_latency_s", "error_pct", "within_target", "compute_bound_pct",
             "memory_bound_pct", "launch_pct", "compute_model", "run_id", "twin_run_id"]  # fmt: skip
@@ -347,6 +347,13 @@ def comparison(db: str | Path, target_pct: float = TARGET_PCT):
         ["profile", "workload", "resolution"]
     )
     return pairs.reset_index(drop=True), real, pd.concat([twins, real])
+
+
+def _size(run) -> str:
+    """'HxW', or 'FxHxW' for a video run."""
+    frames = getattr(run, "frames", None)
+    video = frames is not None and frames == frames and int(frames) > 0  # NaN: an image
+    return (f"{int(frames)}x" if video else "") + f"{int(run.height)}x{int(run.width)}"
 
 
 def _md_table(df) -> str:
@@ -373,17 +380,19 @@ def _memory_rows(configs: list[str], real) -> list[dict]:
 
     out = []
     specs = {
-        (s.workload, s.height, s.width): s
+        (s.workload, s.frames or 0, s.height, s.width): s
         for path in configs
         for s in specs_of(path)[0]
         if s.world_mode == "real"
     }
     for r in real.itertuples():
-        spec = specs.get((r.workload, int(r.height), int(r.width)))
+        frames = getattr(r, "frames", None)
+        frames = int(frames) if frames is not None and frames == frames else 0
+        spec = specs.get((r.workload, frames, int(r.height), int(r.width)))
         if spec is None or not r.peak_mem_bytes > 0:
             continue
         est = estimate(spec)
-        out.append({"workload": r.workload, "resolution": f"{r.height}x{r.width}",
+        out.append({"workload": r.workload, "resolution": _size(r),
                     "measured_peak_GiB": r.peak_mem_bytes / 2**30,
                     "estimate_GiB": est.total / 2**30,
                     "estimate_over_measured": est.total / r.peak_mem_bytes})  # fmt: skip

@@ -351,9 +351,9 @@ def comparison(db: str | Path, target_pct: float = TARGET_PCT):
 
 def _size(run) -> str:
     """'HxW', or 'FxHxW' for a video run."""
-    frames = getattr(run, "frames", None)
-    video = frames is not None and frames == frames and int(frames) > 0  # NaN: an image
-    return (f"{int(frames)}x" if video else "") + f"{int(run.height)}x{int(run.width)}"
+    from analysis.tables import size_text
+
+    return size_text(getattr(run, "frames", None), run.height, run.width)
 
 
 def _md_table(df) -> str:

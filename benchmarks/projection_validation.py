@@ -171,10 +171,11 @@ def rung_c(gpu_dir: Path) -> list[str]:
         return [f"See [{page.relative_to(gpu_dir.parent)}]({page.relative_to(gpu_dir.parent)})."]
     return [
         "**NOT RUN.** No GPU has been lent to any session so far (the device tool's `status` "
-        "said `can_start_another: false` in every session, last on 2026-11-29). The script is "
-        "ready: `benchmarks/gpu_check.sh` (configs/perf/gpu_check.yaml) calibrates the GPU's "
-        "operator curves, measures sdxl 1024², pixart-alpha 1024² and 2048² and flux-dev 1024² "
-        f"on one device (bf16) and compares each with its unanchored projection (target <= "
+        "said `can_start_another: false` in every session, last on 2026-12-07). The script is "
+        "ready: `benchmarks/gpu_check.sh` (configs/perf/gpu_check*.yaml) calibrates the GPU's "
+        "operator curves, measures sdxl 1024², pixart-alpha 1024² and 2048², flux-dev 1024² "
+        "and the video DiT wan2.1-t2v-1.3b at 81×480×832 on one device (bf16) and compares "
+        f"each with its unanchored projection (target <= "
         f"{TARGETS['c_each']:.0f}%); its output goes to reports/projection_gpu/gpu_check/."
     ]
 

@@ -6,6 +6,7 @@ state, no display needed, safe to call from a CLI on a headless machine.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -140,15 +141,43 @@ def plot_latency_vs_world(df: pd.DataFrame, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def _run_labels(ok: pd.DataFrame) -> list[str]:
+def _option_pairs(options: object) -> dict[str, str]:
+    """'split=frames, warmup_steps=1' -> {'split': 'frames', 'warmup_steps': '1'}; a value may
+    itself hold ', ' (a list), so only ', ' before the next 'name=' separates two options."""
+    if not isinstance(options, str) or not options.strip() or options == "-":
+        return {}
+    pairs = (item.partition("=") for item in re.split(r", (?=\w+=)", options))
+    return {key: value for key, _, value in pairs}
+
+
+def _bar_labels(rows: pd.DataFrame) -> list[str]:
+    """One y-label per row of a workload's panel (the panel's title names the workload).
+
+    Size, strategy and world size; a hybrid's degrees; steps or batch where they vary in the
+    panel; and of the options only those that differ between runs of the same strategy (two
+    distrifusion runs read 'split=frames' and 'split=height', not every default spelled out:
+    the table beside the plot has them all).
+    """
+    options = [_option_pairs(o) for o in rows.get("options", pd.Series([None] * len(rows)))]
+    strategies = rows["strategy"].astype(str).tolist()
+    differing: dict[str, set[str]] = {}
+    for strategy in set(strategies):
+        same = [opts for opts, s in zip(options, strategies, strict=True) if s == strategy]
+        keys = {key for opts in same for key in opts}
+        differing[strategy] = {k for k in keys if len({opts.get(k) for opts in same}) > 1}
+    varying = [c for c in ("steps", "batch") if c in rows and rows[c].nunique() > 1]
     labels = []
-    for _, r in ok.iterrows():
+    for (_, r), opts, strategy in zip(rows.iterrows(), options, strategies, strict=True):
         size = size_text(r.get("frames"), r["height"], r["width"])
-        text = f"{r['workload']} {size} | {r['strategy']} w{r['world_size']}"
+        text = f"{size} | {strategy} w{r['world_size']}"
         degrees = r.get("degrees")
         # 'data w2 [data=2]' says nothing new; hybrids need their degrees spelled out.
-        if isinstance(degrees, str) and degrees and degrees != f"{r['strategy']}={r['world_size']}":
+        if isinstance(degrees, str) and degrees and degrees != f"{strategy}={r['world_size']}":
             text += f" [{degrees}]"
+        extras = [f"{c} {r[c]}" for c in varying]
+        extras += [f"{k}={opts[k]}" for k in sorted(differing[strategy]) if k in opts]
+        if extras:
+            text += f" ({', '.join(extras)})"
         labels.append(text)
     return labels
 
@@ -171,7 +200,7 @@ def _breakdown_panel(ax: Axes, runs: pd.DataFrame) -> None:
         hatch="////",
         label="overlapped comm (comm_s - exposed_comm_s: in flight under compute)",
     )
-    ax.set_yticks(y, _run_labels(runs), fontsize="small")
+    ax.set_yticks(y, _bar_labels(runs), fontsize="small")
     ax.set_ylim(len(runs) - 0.4, -0.6)  # first run on top, no empty margin
     ax.margins(x=0.04)
     ax.grid(True, axis="x", alpha=0.3)
@@ -218,15 +247,6 @@ def _empty_note(title: str, path: str | Path, note: str) -> Path:
     ax.set_title(title)
     ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=14, color="grey")
     return _save(fig, path)
-
-
-def _breakdown_label(r: pd.Series) -> str:
-    size = size_text(r.get("frames"), r["height"], r["width"])
-    text = f"{r['workload']} {size} | {r['strategy']} w{r['world_size']}"
-    options = r.get("options")
-    if isinstance(options, str) and options:  # e.g. two distrifusion runs differing in options
-        text += f" [{options}]"
-    return text
 
 
 def _panels(df: pd.DataFrame, bar_height: float) -> tuple[Figure, list, list[pd.DataFrame]]:
@@ -280,7 +300,10 @@ def plot_rank_breakdown(ranks: pd.DataFrame, path: str | Path) -> Path:
             hatch="////",
             label="overlapped_comm_s (hidden by compute)",
         )
-        labels = [f"{_breakdown_label(r)} | rank {r['rank']}" for _, r in rows.iterrows()]
+        ranks = rows["rank"].tolist()
+        labels = [
+            f"{text} | rank {rank}" for text, rank in zip(_bar_labels(rows), ranks, strict=True)
+        ]
         ax.set_yticks(y, labels, fontsize="small")
         ax.set_ylim(len(rows) - 0.4, -0.6)
         ax.margins(x=0.04)
@@ -327,7 +350,7 @@ def plot_overlap(ranks: pd.DataFrame, path: str | Path) -> Path:
         )
         for yi, c, e in zip(y, comm, exposed, strict=True):
             ax.text(c, yi, f"  {100.0 * (1.0 - e / c):.0f}% overlap", va="center", fontsize="small")
-        ax.set_yticks(y, [_breakdown_label(r) for _, r in rows.iterrows()], fontsize="small")
+        ax.set_yticks(y, _bar_labels(rows), fontsize="small")
         ax.set_ylim(len(rows) - 0.4, -0.6)
         ax.margins(x=0.25)
         ax.set_xlim(left=0)

@@ -296,3 +296,30 @@ def test_markdown_table_escapes_and_aligns():
 def test_fmt_sig_rounding():
     got = [fmt_sig(x) for x in (2.0, 0.012345, 1234.56, 1.2e-8, 0, None, float("nan"))]
     assert got == ["2.000", "0.01235", "1235", "1.200e-08", "0", "-", "-"]
+
+
+def test_bar_labels_tell_runs_apart_by_the_options_that_differ():
+    from analysis.plots import _bar_labels
+
+    rows = pd.DataFrame(
+        {
+            "frames": [61, 61, 61, 61],
+            "height": [512] * 4,
+            "width": [512] * 4,
+            "strategy": ["none", "distrifusion", "distrifusion", "pipefusion"],
+            "world_size": [1, 2, 2, 2],
+            "degrees": ["-", "patch=2", "patch=2", "pipefusion=2"],
+            "options": [
+                None,
+                "coalesce=block, split=frames, warmup_steps=1",
+                "coalesce=block, split=height, warmup_steps=1",
+                "patches=None, warmup_steps=1",
+            ],
+        }
+    )
+    labels = _bar_labels(rows)
+    assert len(set(labels)) == len(labels)
+    assert labels[1].endswith("(split=frames)") and labels[2].endswith("(split=height)")
+    # shared defaults stay in the table, not on the bars; a lone run shows no options
+    assert "coalesce" not in labels[1] and "warmup_steps" not in labels[3]
+    assert labels[3] == "61x512x512 | pipefusion w2"

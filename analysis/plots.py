@@ -171,8 +171,8 @@ def _bar_labels(rows: pd.DataFrame) -> list[str]:
         size = size_text(r.get("frames"), r["height"], r["width"])
         text = f"{size} | {strategy} w{r['world_size']}"
         degrees = r.get("degrees")
-        # 'data w2 [data=2]' says nothing new; hybrids need their degrees spelled out.
-        if isinstance(degrees, str) and degrees and degrees != f"{strategy}={r['world_size']}":
+        # one axis ('data=2', 'patch=2') only repeats the world size; hybrids need theirs
+        if isinstance(degrees, str) and degrees.count("=") > 1:
             text += f" [{degrees}]"
         extras = [f"{c} {r[c]}" for c in varying]
         extras += [f"{k}={opts[k]}" for k in sorted(differing[strategy]) if k in opts]

@@ -6,7 +6,6 @@ state, no display needed, safe to call from a CLI on a headless machine.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from analysis.tables import size_text
+from analysis.tables import readable_dict, size_text
 from analysis.tables import sizes as run_sizes
 
 BASELINE_STRATEGY = "none"
@@ -141,15 +140,6 @@ def plot_latency_vs_world(df: pd.DataFrame, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def _option_pairs(options: object) -> dict[str, str]:
-    """'split=frames, warmup_steps=1' -> {'split': 'frames', 'warmup_steps': '1'}; a value may
-    itself hold ', ' (a list), so only ', ' before the next 'name=' separates two options."""
-    if not isinstance(options, str) or not options.strip() or options == "-":
-        return {}
-    pairs = (item.partition("=") for item in re.split(r", (?=\w+=)", options))
-    return {key: value for key, _, value in pairs}
-
-
 def _bar_labels(rows: pd.DataFrame) -> list[str]:
     """One y-label per row of a workload's panel (the panel's title names the workload).
 
@@ -158,7 +148,7 @@ def _bar_labels(rows: pd.DataFrame) -> list[str]:
     distrifusion runs read 'split=frames' and 'split=height', not every default spelled out:
     the table beside the plot has them all).
     """
-    options = [_option_pairs(o) for o in rows.get("options", pd.Series([None] * len(rows)))]
+    options = [readable_dict(o) for o in rows.get("options", pd.Series([None] * len(rows)))]
     strategies = rows["strategy"].astype(str).tolist()
     differing: dict[str, set[str]] = {}
     for strategy in set(strategies):
@@ -172,7 +162,7 @@ def _bar_labels(rows: pd.DataFrame) -> list[str]:
         text = f"{size} | {strategy} w{r['world_size']}"
         degrees = r.get("degrees")
         # one axis ('data=2', 'patch=2') only repeats the world size; hybrids need theirs
-        if isinstance(degrees, str) and degrees.count("=") > 1:
+        if len(readable_dict(degrees)) > 1:
             text += f" [{degrees}]"
         extras = [f"{c} {r[c]}" for c in varying]
         extras += [f"{k}={opts[k]}" for k in sorted(differing[strategy]) if k in opts]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -92,20 +93,27 @@ def load_runs(db: str | Path | ResultStore) -> pd.DataFrame:
     return df
 
 
+def readable_dict(text: object) -> dict:
+    """`degrees` or `options` as stored (JSON) or as `load_runs` shows them ('split=frames,
+    warmup_steps=1') back to a dict; {} when empty or unreadable. A readable value may itself
+    hold ', ' (a list), so only ', ' before the next 'name=' separates two entries."""
+    if isinstance(text, dict):
+        return text
+    if not isinstance(text, str):
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        pairs = (p.partition("=") for p in re.split(r",\s*(?=\w+=)", text.strip()))
+        return {k.strip(): v.strip() for k, sep, v in pairs if sep}
+    return value if isinstance(value, dict) else {}
+
+
 def data_degree(degrees: object) -> int:
     """Degree of the data axis from `degrees` as stored (JSON) or as `load_runs` shows it
     ('data=2, cfg=2'); 1 when there is no data axis or the value cannot be read."""
-    value = degrees
-    if isinstance(degrees, str):
-        try:
-            value = json.loads(degrees)
-        except ValueError:
-            value = dict(p.split("=", 1) for p in degrees.split(",") if "=" in p)
-            value = {k.strip(): v.strip() for k, v in value.items()}
-    if not isinstance(value, dict):
-        return 1
     try:
-        return max(1, int(value.get("data", 1)))
+        return max(1, int(readable_dict(degrees).get("data", 1)))
     except (TypeError, ValueError):
         return 1
 

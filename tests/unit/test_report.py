@@ -323,5 +323,5 @@ def test_bar_labels_tell_runs_apart_by_the_options_that_differ():
     # shared defaults stay in the table, not on the bars; a lone run shows no options
     assert "coalesce" not in labels[1] and "warmup_steps" not in labels[3]
     assert labels[3] == "61x512x512 | pipefusion w2"
-    hybrid = rows.iloc[[3]].assign(strategy="cfg+ulysses", degrees="cfg=2 ulysses=4", world_size=8)
-    assert _bar_labels(hybrid) == ["61x512x512 | cfg+ulysses w8 [cfg=2 ulysses=4]"]
+    hybrid = rows.iloc[[3]].assign(strategy="cfg+ulysses", degrees="cfg=2, ulysses=4", world_size=8)
+    assert _bar_labels(hybrid) == ["61x512x512 | cfg+ulysses w8 [cfg=2, ulysses=4]"]

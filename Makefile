@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format clean papers validation
+.PHONY: demo test test-fast imports lint format clean papers validation
 
 # The venv is rebuilt when the project's dependencies change.
 $(STAMP): pyproject.toml
@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/diffscale run configs/quickstart.yaml
 
-test: $(STAMP)
+# The import contracts first (a second): a layer importing upwards, or a cycle, fails the run.
+test: $(STAMP) imports
 	$(BIN)/pytest -q
+
+imports: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q tests/unit
@@ -32,12 +36,12 @@ validation: $(STAMP)
 	$(BIN)/python benchmarks/projection_validation.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check suite workloads analysis benchmarks tests
-	$(BIN)/ruff format --check suite workloads analysis benchmarks tests
+	$(BIN)/ruff check suite workloads analysis benchmarks tools tests
+	$(BIN)/ruff format --check suite workloads analysis benchmarks tools tests
 
 format: $(STAMP)
-	$(BIN)/ruff format suite workloads analysis benchmarks tests
-	$(BIN)/ruff check --fix suite workloads analysis benchmarks tests
+	$(BIN)/ruff format suite workloads analysis benchmarks tools tests
+	$(BIN)/ruff check --fix suite workloads analysis benchmarks tools tests
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

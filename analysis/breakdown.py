@@ -8,7 +8,7 @@ The per-step and per-op numbers come from the stored rank_steps and comm tables;
 view reads each run's runs/<run_id>/trace.npz (the ledger's raw events), and skips runs
 without one.
 
-Definitions (ARCHITECTURE.md, Timing semantics; suite.record computes them): comm_s is the time
+Definitions (ARCHITECTURE.md, Timing semantics; suite.worlds.record computes them): comm_s is the time
 a rank had at least one collective in flight (the union of the ops' intervals within the step),
 exposed_comm_s the time it was blocked on communication (the union of its waits within the
 step), so exposed_comm_s <= comm_s <= step_s; overlapped_comm_s = comm_s - exposed_comm_s is
@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 
 from analysis.tables import load_runs, open_store, read_table
-from suite.comm import OPS
-from suite.intervals import covered_s, inflight_intervals
-from suite.mesh import AXES
-from suite.results import ResultStore
+from suite.distributed.comm import OPS
+from suite.distributed.mesh import AXES
+from suite.measure.intervals import covered_s, inflight_intervals
+from suite.store.results import ResultStore
 
 # Columns that say which run a row belongs to, merged into every per-run table.
 RUN_KEYS = [
@@ -212,7 +212,7 @@ def trace_events(db: str | Path | ResultStore, run_id: str) -> pd.DataFrame:
 
     Columns: rank, repeat, step, wait_step, layer, layer_type, op, axis, group_size, is_async,
     nbytes, t_issue, t_done, t_wait_start, t_wait_end (perf_counter seconds; in an analytic
-    run boundary indices, suite.optrace), duration_s, exposed_s. Empty when the run has no
+    run boundary indices, suite.measure.optrace), duration_s, exposed_s. Empty when the run has no
     trace file.
     """
     cols = ["rank", "repeat", "step", "wait_step", "layer", "layer_type", "op", "axis"]
@@ -301,7 +301,7 @@ def layer_breakdown(
     with _store(db) as store:
         ok = _ok_runs(store)
         runs = ok[RUN_KEYS]
-        # an analytic run's trace is on a boundary clock (suite.optrace): nothing was timed
+        # an analytic run's trace is on a boundary clock (suite.measure.optrace): nothing was timed
         analytic = set(ok.loc[ok["world_mode"] == "analytic", "run_id"])
         n_steps = _timed_steps(store)
         frames = []

@@ -25,7 +25,7 @@ from suite.fidelity.images import (
     video_layout,
 )
 from suite.fidelity.metrics import FIDS, PSNR_CAP_DB
-from suite.results import ResultStore
+from suite.store.results import ResultStore
 
 DIFF_GAIN = 4  # |baseline - method| x 4, clipped to 1
 GRID_IMAGES = 4  # images (rows) per grid

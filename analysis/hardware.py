@@ -21,10 +21,10 @@ from pathlib import Path
 
 import yaml
 
-from analysis.opmodel import OpCurves, parse_curves
+from analysis.opcurves import OpCurves, parse_curves
 
 HARDWARE_DIR = Path(__file__).resolve().parent.parent / "configs" / "hardware"
-CATALOGS = ("devices.yaml", "links.yaml")
+CATALOGS = ("devices.yaml", "links.yaml", "collectives.yaml")
 OPCURVES_DIR = "opcurves"  # under the hardware directory: <device name>.yaml
 DTYPE_KEYS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}  # run dtype -> catalog key
 

@@ -186,7 +186,7 @@ def _number(text: str) -> float | None:
 
 def _row_problems(row: dict[str, str], stem: str, experiments: set[str] | None) -> list[str]:
     from suite import parallel
-    from suite.mesh import AXES
+    from suite.distributed.mesh import AXES
     from workloads.limits import SCHEDULERS
     from workloads.presets import PRESETS
 

@@ -202,7 +202,7 @@ def plot_breakdown(df: pd.DataFrame, path: str | Path) -> Path:
     Overlapped comm (comm_s - exposed_comm_s: time with a collective in flight while the rank
     was not blocked) ran while the rank computed, so it is drawn as a thinner hatched bar under
     the stack rather than added to it; it is never longer than the compute bar (comm_s is a
-    union of intervals within the step, see suite.record). One panel per workload, each with
+    union of intervals within the step, see suite.worlds.record). One panel per workload, each with
     its own time axis (workloads differ in cost by orders of magnitude). Returns `path`.
     """
     title = "Per-step breakdown (measured, mean over ranks)"

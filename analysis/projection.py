@@ -5,7 +5,7 @@ with measured columns.
 
 The model (after "Characterizing Deep Learning Training Workloads on Alibaba-PAI": split time into
 computation and communication, then re-cost each on other hardware):
-- compute, analytic runs (`suite.optrace` traces): the operator model (`analysis.opmodel`) prices
+- compute, analytic runs (`suite.measure.optrace` traces): the operator model (`analysis.opmodel`) prices
   every segment signature on the target; `retime` turns the boundary clock into seconds;
 - compute, measured runs (real, fake): each measured compute interval (the time a rank was not
   blocked on communication) is scaled by target / source time of the same work: the operator
@@ -45,10 +45,10 @@ import pandas as pd
 
 from analysis import opmodel
 from analysis.hardware import Profile
-from suite.comm import OPS
-from suite.intervals import covered_s
-from suite.mesh import AXES
-from suite.optrace import EMPTY, retime
+from suite.distributed.comm import OPS
+from suite.distributed.mesh import AXES
+from suite.measure.intervals import covered_s
+from suite.measure.optrace import EMPTY, retime
 
 # nccl-tests bus-bandwidth factors: busbw = algbw * factor(p), algbw = size / time
 BUSBW_FACTOR = {
@@ -118,8 +118,8 @@ class RankTrace:
     """One rank's measured timeline for one timed loop."""
 
     rank: int
-    steps: np.ndarray  # suite.runner.STEP_DTYPE rows of this loop
-    events: np.ndarray  # suite.comm.EVENT_DTYPE rows of this loop
+    steps: np.ndarray  # suite.worlds.runner.STEP_DTYPE rows of this loop
+    events: np.ndarray  # suite.distributed.comm.EVENT_DTYPE rows of this loop
 
 
 @dataclass
@@ -431,7 +431,7 @@ def project_analytic(
     byte_scale: float = 1.0,
     threads_per_rank: int = 1,
 ) -> tuple[Projected, tuple[float, float, float]]:
-    """Project an analytic trace (`suite.optrace`: boundary-clock events and steps, per-rank
+    """Project an analytic trace (`suite.measure.optrace`: boundary-clock events and steps, per-rank
     segments, the signatures' `ops`) with the operator model alone: every signature priced on
     `target` (its float ops in `dtype` when given), the ranks re-timed and simulated together
     with compute_scale 1 (times `compute_scale`, an anchor).
@@ -670,7 +670,7 @@ def project_store(
     from pathlib import Path
 
     from analysis.hardware import load_profile
-    from suite.results import ResultStore
+    from suite.store.results import ResultStore
 
     src = load_profile(source)
     targets = [load_profile(h) for h in hardware]

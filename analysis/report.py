@@ -30,8 +30,8 @@ from analysis.tables import (
     size_text,
     with_speedup,
 )
-from suite import schema
-from suite.results import ResultStore
+from suite.store import schema
+from suite.store.results import ResultStore
 
 _DOCS = {c.name: c.doc for c in schema.RUNS}
 _ERROR_LINES = 6

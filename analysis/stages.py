@@ -1,5 +1,5 @@
 """What a pipeline call runs besides the denoising loop: the VAE decode and the text encoders,
-recorded on the meta device (`suite.analytic.OpRecorder`) and priced with the operator model.
+recorded on the meta device (`suite.measure.op_recorder.OpRecorder`) and priced with the operator model.
 
 diffscale times the denoising loop (as DistriFusion does); PipeFusion / xDiT time the pipeline
 call, so a projection compared with their numbers adds these stages. Nothing here is measured:
@@ -21,14 +21,14 @@ import numpy as np
 import torch
 
 from analysis import opmodel
-from suite.calibrate_ops import TORCH_DTYPES
-from suite.optrace import OP_DTYPE
+from suite.measure.calibrate_ops import TORCH_DTYPES
+from suite.measure.optrace import OP_DTYPE
 
 
 def record(fn) -> np.ndarray:
-    """The operators `fn()` runs on the meta device, as one signature (`suite.optrace.OP_DTYPE`
+    """The operators `fn()` runs on the meta device, as one signature (`suite.measure.optrace.OP_DTYPE`
     rows, sig 0)."""
-    from suite.analytic import OpRecorder
+    from suite.measure.op_recorder import OpRecorder
 
     rec = OpRecorder()
     rec.start_rank()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from suite.results import ResultStore
+from suite.store.results import ResultStore
 
 # A run and its baseline must agree on all of these; only the parallelism may differ. frames: a
 # video clip's (empty for images, and in stores older than the column, which read it empty).
@@ -60,7 +60,7 @@ def with_frames(df: pd.DataFrame) -> pd.DataFrame:
 
 def open_store(db_path: str | Path) -> ResultStore:
     """Open an existing store read-only (nothing created, migrated or written); StoreError if
-    there is none at `db_path` or it is not a usable store (suite.results)."""
+    there is none at `db_path` or it is not a usable store (suite.store.results)."""
     return ResultStore(Path(db_path), read_only=True)
 
 

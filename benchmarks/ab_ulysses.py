@@ -24,9 +24,9 @@ def ab(ctx, workload: str, px: int, steps: int, loops: int) -> dict:
 
     import workloads
     from suite import parallel
-    from suite.comm import Comm, Ledger
-    from suite.mesh import ParallelDims
-    from suite.runner import denoise
+    from suite.distributed.comm import Comm, Ledger
+    from suite.distributed.mesh import ParallelDims
+    from suite.worlds.runner import denoise
 
     mesh = ctx.mesh(ParallelDims(ulysses=ctx.world_size))
     methods = {}
@@ -53,7 +53,7 @@ def ab(ctx, workload: str, px: int, steps: int, loops: int) -> dict:
 
 
 def main() -> None:
-    from suite.launch import LocalWorld
+    from suite.worlds.launch import LocalWorld
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="tiny-flux-dev")

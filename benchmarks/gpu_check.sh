@@ -157,7 +157,7 @@ choose_python() {
 
 PY="" HOW=""
 t0=$(date +%s)
-if choose_python >"$WORK/logs/env.log" 2>&1 && has "$PY" "torch, diffusers, suite.cli"; then
+if choose_python >"$WORK/logs/env.log" 2>&1 && has "$PY" "torch, diffusers, suite.commands.cli"; then
   log "python: $PY ($HOW)"
   record env ok $(($(date +%s) - t0)) "$HOW"
 else
@@ -167,7 +167,7 @@ else
   pack
   exit 1
 fi
-DS=("$PY" -m suite.cli)
+DS=("$PY" -m suite)
 HELPER=("$PY" "$REPO/benchmarks/gpu_check_compare.py")
 {
   "${HELPER[@]}" env --allow-cpu

@@ -9,14 +9,14 @@ Python rather than `diffscale` commands.
 
 - env: versions (python, torch, CUDA, cuDNN, NCCL, diffusers), the GPU and driver, the commit.
 - preflight: validates the configs and estimates each real run's peak GPU memory against the
-  GPU's (suite.memory, as `diffscale run` will); on a machine without a GPU it validates them
+  GPU's (suite.config.memory, as `diffscale run` will); on a machine without a GPU it validates them
   with `device: cpu` (the only check that needs the GPU counts GPUs) and takes the memory of an
   H200 as nvidia-smi reports it (143771 MiB), so that it runs anywhere.
 - subset: a copy of a config with only the strategy entries of one world mode (same experiment,
   so the same run ids: the real and the analytic runs become separate, time-boxed stages).
 - nccl-probe: a world of one rank on the NCCL backend, collectives timed through the comm
-  ledger's CUDA-event path (`suite.comm.Ledger(cuda=True)`) and by plain CUDA events, a bf16
-  GEMM load sampled by NVML (`suite.profiling.NvmlSampler`). NCCL refuses two ranks on one GPU,
+  ledger's CUDA-event path (`suite.distributed.comm.Ledger(cuda=True)`) and by plain CUDA events, a bf16
+  GEMM load sampled by NVML (`suite.measure.profiling.NvmlSampler`). NCCL refuses two ranks on one GPU,
   so one rank is what a single GPU can exercise.
 - compare: every real run beside the unanchored projection of its analytic twin on each
   profile projected (signed error, target within 15%), measured peak memory beside the
@@ -122,7 +122,7 @@ def specs_of(path: str | Path) -> tuple[list, str]:
     device cpu); either way the runs are given device cuda, so their run ids are the GPU's."""
     import yaml
 
-    from suite.config import ConfigError, load_config, parse_config
+    from suite.config.experiment import ConfigError, load_config, parse_config
 
     raw = yaml.safe_load(Path(path).read_text())
     device = (raw.get("settings") or {}).get("device", "cpu")
@@ -149,11 +149,11 @@ def specs_of(path: str | Path) -> tuple[list, str]:
 
 
 def cmd_preflight(args) -> int:
-    from suite.memory import CUDA_RESERVE_BYTES, estimate, fmt_bytes
+    from suite.config.memory import CUDA_RESERVE_BYTES, estimate, fmt_bytes
 
     bad = 0
     if _cuda():
-        from suite.memory import _gpu_limit
+        from suite.config.memory import _gpu_limit
 
         limit, what = _gpu_limit(1)
     else:
@@ -206,9 +206,9 @@ def cmd_nccl_probe(args) -> int:
     import torch
     import torch.distributed as dist
 
-    from suite.comm import AXES, OPS, Ledger, _all_gather_flat
-    from suite.launch import _free_port
-    from suite.profiling import NvmlSampler, nvml_summary
+    from suite.distributed.comm import AXES, OPS, Ledger, _all_gather_flat
+    from suite.measure.profiling import NvmlSampler, nvml_summary
+    from suite.worlds.launch import _free_port
 
     report: dict = {"ok": False}
     try:
@@ -375,8 +375,8 @@ def _md_table(df) -> str:
 
 
 def _memory_rows(configs: list[str], real) -> list[dict]:
-    """Measured peak GPU memory of each real run beside suite.memory's estimate of it."""
-    from suite.memory import estimate
+    """Measured peak GPU memory of each real run beside suite.config.memory's estimate of it."""
+    from suite.config.memory import estimate
 
     out = []
     specs = {
@@ -477,7 +477,7 @@ def cmd_compare(args) -> int:
                 if mem:
                     import pandas as pd
 
-                    lines += ["## Peak GPU memory: measured vs suite.memory's estimate", "",
+                    lines += ["## Peak GPU memory: measured vs suite.config.memory's estimate", "",
                               _md_table(pd.DataFrame(mem)), ""]  # fmt: skip
             except Exception as e:  # noqa: BLE001
                 lines += [f"memory estimates not computed: {type(e).__name__}: {e}", ""]

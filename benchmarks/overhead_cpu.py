@@ -4,7 +4,7 @@
         [--config configs/perf/overhead_cpu.yaml] [--pairs 8] [--out reports/overhead_cpu]
 
 For each run of the config, every rank of one spawned world builds and parallelizes the
-workload once (as suite.runner does), runs its warm-up loops, then 2 x pairs timed loops with
+workload once (as suite.worlds.runner does), runs its warm-up loops, then 2 x pairs timed loops with
 the ledger switched on and off between adjacent loops (on-off, off-on, ...), so that drift of a
 shared machine hits both arms alike. A loop's latency is the slowest rank's, as in the store;
 the overhead is the median over pairs of on / off - 1. On is the ledger of a timed run (no
@@ -31,9 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from suite.comm import Ledger  # noqa: E402
-from suite.config import load_config  # noqa: E402
-from suite.launch import LocalWorld  # noqa: E402
+from suite.config.experiment import load_config  # noqa: E402
+from suite.distributed.comm import Ledger  # noqa: E402
+from suite.worlds.launch import LocalWorld  # noqa: E402
 
 
 def interleaved(ctx, spec, pairs: int) -> list[tuple[bool, float, float, int, int]]:
@@ -44,8 +44,8 @@ def interleaved(ctx, spec, pairs: int) -> list[tuple[bool, float, float, int, in
     """
     import workloads
     from suite import parallel
-    from suite.comm import Comm
-    from suite.runner import _barrier, denoise
+    from suite.distributed.comm import Comm
+    from suite.worlds.runner import _barrier, denoise
 
     workload = workloads.build(
         spec.workload,
@@ -120,7 +120,7 @@ def gloo_costs_us(n: int = 3000) -> tuple[float, float]:
     time of an async all-gather with vs without it; the poll (every timed run) on a done op."""
     import torch.distributed as dist
 
-    from suite.launch import _free_port
+    from suite.worlds.launch import _free_port
 
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from suite.launch import LocalWorld
+from suite.worlds.launch import LocalWorld
 
 
 def _world(n: int):

@@ -24,7 +24,7 @@ _EXPORTS = {
     "initial_latents": "loop",
     "scale_input": "loop",
     "PRESETS": "presets",
-    "Preset": "presets",
+    "Preset": "preset",
     "get_preset": "presets",
     "SCHEDULERS": "limits",
     "make_scheduler": "schedulers",
@@ -86,6 +86,7 @@ if TYPE_CHECKING:  # static tools see the real names
     from .inputs import Inputs
     from .limits import SCHEDULERS, check_resolution
     from .loop import combine_cfg, denoise, initial_latents, scale_input
-    from .presets import PRESETS, Preset, get_preset
+    from .preset import Preset
+    from .presets import PRESETS, get_preset
     from .schedulers import make_scheduler
     from .stats import ModelStats, describe_presets, model_stats

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .presets import Preset
+from .preset import Preset
 
 Cond = dict[str, Tensor]
 

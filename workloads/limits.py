@@ -1,11 +1,11 @@
 """What a preset accepts, as data and checks that import neither torch nor diffusers: image sizes,
-solvers and step counts. Config validation (suite.config) runs these before any process starts,
+solvers and step counts. Config validation (suite.config.experiment) runs these before any process starts,
 in milliseconds; build() and make_scheduler() run them again on every rank.
 """
 
 from __future__ import annotations
 
-from .presets import Preset
+from .preset import Preset
 
 SCHEDULERS: tuple[str, ...] = (
     "ddim",
@@ -24,7 +24,7 @@ COGVIDEOX_SCHEDULERS: tuple[str, ...] = ("cogvideox-ddim", "dpm-solver++")
 NUM_TRAIN_TIMESTEPS = 1000
 
 # Largest image side checked at all (pixels): beyond it latent and attention sizes overflow
-# int64 element counts; the memory check (suite.memory) refuses far smaller images anyway.
+# int64 element counts; the memory check (suite.config.memory) refuses far smaller images anyway.
 MAX_SIDE = 1 << 20
 
 

@@ -22,7 +22,8 @@ from types import MappingProxyType
 
 import torch
 
-from .presets import Preset, get_preset
+from .preset import Preset
+from .presets import get_preset
 
 # diffusers AutoencoderKL config of stabilityai/sdxl-vae and of the SD 1.x / PixArt VAE
 _SD_VAE = {

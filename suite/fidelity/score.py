@@ -36,7 +36,7 @@ from suite.fidelity.images import (
     video_layout,
     write_run_images,
 )
-from suite.results import ResultStore
+from suite.store.results import ResultStore
 
 MATCH = (
     "workload",

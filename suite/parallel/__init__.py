@@ -3,7 +3,7 @@
 A strategy's `apply` takes the built workload and the rank's `Comm` and returns a
 `Parallelized`: the denoiser to call (full latent in, full prediction out, on every rank), the
 inputs this rank denoises, and how final latents are gathered. Strategies swap or wrap modules;
-they never fork diffusers code, and every collective goes through `suite.comm`.
+they never fork diffusers code, and every collective goes through `suite.distributed.comm`.
 
 Hybrids are named by joining strategies with '+' ("cfg+ulysses", "data+cfg+ring"): `get`
 synthesizes a Strategy whose axes are the union of the parts', families the intersection,
@@ -26,12 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from suite.mesh import AXES
+from suite.distributed.mesh import AXES
 
 if TYPE_CHECKING:
     import torch
 
-    from suite.comm import Comm
+    from suite.distributed.comm import Comm
 
 
 class Unsupported(RuntimeError):

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import apply_rotary_emb
 
-from suite.comm import Comm
+from suite.distributed.comm import Comm
 from suite.parallel.plans import TEXT_LAST
 
 Text = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # text (q, k, v) or None

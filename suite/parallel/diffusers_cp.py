@@ -12,7 +12,7 @@ only CPU attention backend, 'native', cannot return the log-sum-exp that ring me
 tensor parallelism on CPU (the library supports accelerators only).
 
 Ledger: the library's collectives (functional all-to-all / all-gather on its own process groups)
-do not go through `suite.comm`, so these runs have no comm events: their latency is measured
+do not go through `suite.distributed.comm`, so these runs have no comm events: their latency is measured
 like any other, their comm and overlap columns stay empty.
 """
 
@@ -22,7 +22,7 @@ import contextlib
 
 import torch
 
-from suite.mesh import library_mesh
+from suite.distributed.mesh import library_mesh
 from suite.parallel import Parallelized, Unsupported
 
 

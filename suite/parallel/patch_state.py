@@ -35,7 +35,7 @@ from typing import TypeVar
 
 import torch
 
-from suite.comm import Comm, Pending
+from suite.distributed.comm import Comm, Pending
 from suite.parallel.checks import COALESCE_MODES
 
 T = TypeVar("T")

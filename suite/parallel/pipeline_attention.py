@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from suite.comm import Comm
+from suite.distributed.comm import Comm
 from suite.parallel.attention import SequenceCore, sdpa
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from suite.comm import Comm, Pending
+from suite.distributed.comm import Comm, Pending
 from suite.parallel.pipeline_stage import Stage, StageOutput
 
 AXIS = "pipefusion"

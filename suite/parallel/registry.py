@@ -10,7 +10,7 @@ from __future__ import annotations
 from suite.parallel import Option, Strategy, register
 from suite.parallel import checks as c
 from suite.parallel.plans import PIPE_PLANS, PLANS, SEQUENCE_FAMILIES
-from workloads.presets import FAMILIES
+from workloads.preset import FAMILIES
 
 ALL_FAMILIES = frozenset(FAMILIES)
 _P = "suite.parallel."

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from suite.comm import Comm
+from suite.distributed.comm import Comm
 from suite.parallel import Parallelized
 from suite.parallel.attention import LocalCore, install, norm_width, track_text_length
 from suite.parallel.plans import find, get_plan

@@ -12,14 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import suite.analytic_run as analytic_run
-from suite.comm import OPS
-from suite.config import parse_config
-from suite.launch import emulate
-from suite.mesh import AXES
-from suite.optrace import OP_CLASSES, TRACE_DTYPES
-from suite.record import assemble, save_artifacts
-from suite.results import ResultStore
+import suite.worlds.analytic_run as analytic_run
+from suite.distributed.comm import OPS
+from suite.config.experiment import parse_config
+from suite.worlds.rank_worker import emulate
+from suite.distributed.mesh import AXES
+from suite.measure.optrace import OP_CLASSES, TRACE_DTYPES
+from suite.worlds.record import assemble, save_artifacts
+from suite.store.results import ResultStore
 
 # (strategy, degrees, workload, options): every strategy, on the tiny preset that exercises it
 WORLD2 = [
@@ -157,7 +157,7 @@ def test_replication_gives_the_trace_of_full_emulation(monkeypatch, case):
 
 
 def test_ranks_emulated_by_several_processes_share_one_op_table():
-    from suite.analytic import merge_tables
+    from suite.measure.op_recorder import merge_tables
 
     spec = _spec("usp", {"ulysses": 2, "ring": 2}, "tiny-pixart-alpha", {}, "analytic")
     whole = emulate(spec, None)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from suite.config import parse_config
-from suite.launch import emulate
+from suite.config.experiment import parse_config
+from suite.worlds.rank_worker import emulate
 from tests.dist.test_analytic import _collectives, _per_step_flops
 
 SIZE = "9x64x64"

@@ -1,10 +1,10 @@
 """The stored breakdown adds up for every strategy: per rank and step, and per run,
 0 <= exposed_comm_s <= comm_s <= step_s, compute_s + exposed_comm_s <= step_s, and the
-overlapped part comm_s - exposed_comm_s is at most compute_s (suite.record measures comm_s and
+overlapped part comm_s - exposed_comm_s is at most compute_s (suite.worlds.record measures comm_s and
 exposed_comm_s as unions of intervals within the step, so this holds by construction; here on
 real ledgers, with async ops in flight together and across steps).
 
-One short run per strategy through the harness (`world.run`) and `suite.record.assemble`, as a
+One short run per strategy through the harness (`world.run`) and `suite.worlds.record.assemble`, as a
 sweep stores them: tiny presets at 256 px, batch 1 (data: 2), 2 steps (DistriFusion 4, so that
 its displaced exchange is issued in one step and waited on in the next), 1 timed loop, no
 warm-up loops.
@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from suite.config import parse_config
-from suite.record import assemble
+from suite.config.experiment import parse_config
+from suite.worlds.record import assemble
 
 TOL = 1e-9  # seconds: float rounding of perf_counter differences
 PIXART, SDXL = "tiny-pixart-alpha", "tiny-sdxl"

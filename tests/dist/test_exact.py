@@ -1,7 +1,7 @@
 """Output-preserving strategies on gloo worlds of 2, 3 and 4: outputs vs the single device, ledger
 bytes per step vs the analytic formulas of each model.
 
-One world call per world size runs every case through the harness (`suite.runner.execute`:
+One world call per world size runs every case through the harness (`suite.worlds.runner.execute`:
 build, `parallel.apply`, denoise, ledger); the single-device references are computed here with
 the reference loop. Tiny presets at 256x256 px (32x32 latent), 2 steps, batch 1, fp32.
 """
@@ -14,7 +14,7 @@ from functools import cache
 import pytest
 import torch
 
-from suite.config import parse_config
+from suite.config.experiment import parse_config
 
 PX, STEPS, F32 = 256, 2, 4  # pixels, steps, bytes per element
 # trained-tiny-unet works in pixel space: 32 px is its 32x32 "latent", as 256 px is the others'
@@ -75,10 +75,10 @@ def _spec(strategy: str, model: str, degrees: dict):
 def run_cases(ctx, specs) -> list:
     """On every rank: each spec through the harness; (rank-0 latents, bytes per step by
     (op, axis)) or the skip reason."""
-    from suite.comm import OPS
-    from suite.mesh import AXES
+    from suite.distributed.comm import OPS
+    from suite.distributed.mesh import AXES
     from suite.parallel import Unsupported
-    from suite.runner import execute
+    from suite.worlds.runner import execute
 
     out = []
     for spec in specs:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from suite import parallel
-from suite.comm import OPS
-from suite.config import ConfigError, parse_config
-from suite.launch import RunSkipped
+from suite.distributed.comm import OPS
+from suite.config.experiment import ConfigError, parse_config
+from suite.worlds.launch import RunSkipped
 
 
 def _spec(strategy: str, axis: str, world_mode: str, workload: str = "tiny-pixart-alpha"):

@@ -11,10 +11,10 @@ import workloads
 from suite.fidelity import metrics as fm
 from suite.fidelity import backbones as fb
 from suite import parallel
-from suite.config import FidelitySettings, parse_config
+from suite.config.experiment import FidelitySettings, parse_config
 from suite.fidelity.images import IMAGES, decode, image_files, to_uint8
-from suite.results import ResultStore
-from suite.sweep import SweepSummary, _record
+from suite.store.results import ResultStore
+from suite.commands.sweep import SweepSummary, _record
 from workloads.models import packaged_weights_path
 
 STRATEGIES = [

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import workloads
-from suite.comm import OPS
-from suite.config import parse_config
+from suite.distributed.comm import OPS
+from suite.config.experiment import parse_config
 
 STEPS = 6  # steps 0-1 synchronous (warmup_steps 1), 2-4 displaced and issuing, 5 the last
 FP32 = 4  # bytes

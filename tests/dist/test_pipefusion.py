@@ -2,7 +2,7 @@
 warm-up 1 (and more warm-up never worse), ledger bytes per step, parameter bytes per rank,
 hybrids with cfg, ulysses and ring.
 
-One world call per world size runs every case through the harness (`suite.runner.execute`);
+One world call per world size runs every case through the harness (`suite.worlds.runner.execute`);
 the single-device references come from the reference loop in this process. Tiny presets at
 256x256 px (32x32 latent, 16x16 tokens), 4 steps, batch 1 with CFG (model batch 2), fp32.
 PSNR here is on the final latents, with the baseline's value range as the data range.
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from suite.config import parse_config
+from suite.config.experiment import parse_config
 
 PX, STEPS, F32 = 256, 4, 4  # pixels, steps, bytes per element
 PRESETS = ("tiny-pixart-alpha", "tiny-dit-xl-2")
@@ -41,9 +41,9 @@ def _spec(preset: str, strategy: str, degrees: dict, batch: int = 1, **options):
 def run_cases(ctx, specs) -> list:
     """On every rank, each spec through the harness: (rank-0 latents, payload bytes per step,
     pipefusion-axis ops per step, parameter bytes)."""
-    from suite.comm import OPS
-    from suite.mesh import AXES
-    from suite.runner import execute
+    from suite.distributed.comm import OPS
+    from suite.distributed.mesh import AXES
+    from suite.worlds.runner import execute
 
     out = []
     for spec in specs:

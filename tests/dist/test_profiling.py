@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from suite import profiling
-from suite.cli import build_parser
-from suite.config import parse_config
-from suite.record import assemble, save_artifacts
-from suite.runner import STEP_DTYPE
+from suite.measure import profiling
+from suite.commands.cli import build_parser
+from suite.config.experiment import parse_config
+from suite.worlds.record import assemble, save_artifacts
+from suite.worlds.runner import STEP_DTYPE
 
 RESET = {profiling.PROFILE_ENV: None, profiling.LEDGER_ENV: None}
 

@@ -8,9 +8,9 @@ import yaml
 
 from analysis.projection import project_store
 from analysis.projection_report import validation, write_projection_report
-from suite.config import parse_config
-from suite.results import ResultStore
-from suite.sweep import SweepSummary, _record
+from suite.config.experiment import parse_config
+from suite.store.results import ResultStore
+from suite.commands.sweep import SweepSummary, _record
 
 
 def _specs():

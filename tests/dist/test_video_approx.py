@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from suite.config import parse_config
+from suite.config.experiment import parse_config
 
 SIZE, STEPS, F32 = "13x64x64", 4, 4
 LATENT = 16 * 4 * 8 * 8  # latent elements of one clip (channels x frames x rows x columns)
@@ -82,7 +82,7 @@ def _spec(name, model, strategy, degrees, options):
 def run_cases(ctx, specs) -> list:
     """On every rank, each spec through the harness: (rank-0 latents, payload bytes per step,
     stale-buffer bytes)."""
-    from suite.runner import execute
+    from suite.worlds.runner import execute
 
     out = []
     for spec in specs:

@@ -1,7 +1,7 @@
 """Exact strategies on the tiny video presets (Wan, HunyuanVideo, CogVideoX), on the session's
 gloo worlds of 2 and 4: outputs vs the single device, ledger bytes per step vs the formulas.
 
-One world call per world size runs every case through the harness (`suite.runner.execute`), as
+One world call per world size runs every case through the harness (`suite.worlds.runner.execute`), as
 tests/dist/test_exact.py does for the image models. Clips of 9x64x64 px: 3 latent frames of
 8x8, 48 video tokens (a rank's share at world 4 ends mid-frame), 8 text tokens, 2 steps, fp32.
 """
@@ -13,7 +13,7 @@ from functools import cache
 import pytest
 import torch
 
-from suite.config import parse_config
+from suite.config.experiment import parse_config
 from tests.dist.test_exact import run_cases
 
 SIZE, STEPS, F32 = "9x64x64", 2, 4

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from analysis.report import write_report
-from suite.config import FidelitySettings, parse_config
+from suite.config.experiment import FidelitySettings, parse_config
 from suite.fidelity import backbones as fb
 from suite.fidelity.images import IMAGES, video_layout
 from suite.fidelity.score import Backbones, FidelityOptions, score_store
-from suite.results import ResultStore
-from suite.sweep import SweepSummary, _record
+from suite.store.results import ResultStore
+from suite.commands.sweep import SweepSummary, _record
 
 # 9 frames -> 3 latent frames of 8 x 8, 2 clips (FVD needs two a side), 2 steps: ~1 s a run
 CLIP, STEPS, CLIPS, LATENT_FRAMES = "9x64x64", 2, 2, 3

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from suite.comm import OPS, Comm, Ledger
-from suite.config import parse_config
-from suite.launch import RunFailed
-from suite.mesh import ParallelDims
+from suite.distributed.comm import OPS, Comm, Ledger
+from suite.config.experiment import parse_config
+from suite.worlds.launch import RunFailed
+from suite.distributed.mesh import ParallelDims
 
 
 def _comm(ctx, **degrees):
@@ -128,7 +128,7 @@ def unsupported_here(ctx):
 
 
 def test_unsupported_method_is_reported_as_skipped(world2):
-    from suite.launch import RunSkipped
+    from suite.worlds.launch import RunSkipped
 
     with pytest.raises(RunSkipped, match="cannot run this on CPU"):
         world2.call(unsupported_here)
@@ -180,7 +180,7 @@ def test_baseline_run_reproduces_reference_loop(world1, preset):
 
 
 def test_calibration_measures_every_op_on_a_real_world(world2):
-    from suite.calibrate import CALIBRATED_OPS, measure_collectives
+    from suite.commands.calibrate import CALIBRATED_OPS, measure_collectives
 
     per_rank = world2.call(measure_collectives, (1024, 4096))
     rows = [r for rank_rows in per_rank for r in rank_rows]

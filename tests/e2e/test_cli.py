@@ -15,14 +15,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from suite.schema import column_names
+from suite.store.schema import column_names
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args, cwd, check=True, timeout=300):
     proc = subprocess.run(
-        [sys.executable, "-m", "suite.cli", *args],
+        [sys.executable, "-m", "suite.commands.cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -134,7 +134,15 @@ def test_interrupted_sweep_resumes_without_loss_or_duplicates(tmp_path):
     config = write_config(tmp_path)
     db = tmp_path / "results" / "quickstart" / "results.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "suite.cli", "run", str(config), "--no-progress", "--no-report"],
+        [
+            sys.executable,
+            "-m",
+            "suite.commands.cli",
+            "run",
+            str(config),
+            "--no-progress",
+            "--no-report",
+        ],
         cwd=tmp_path,
         env=os.environ | {"PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
@@ -190,7 +198,7 @@ def test_torchrun_world_runs_its_world_size_and_records_failures(tmp_path):
     )
     torchrun = Path(sys.executable).parent / "torchrun"
     proc = subprocess.run(
-        [str(torchrun), "--nproc-per-node", "2", "-m", "suite.cli", "run", str(config),
+        [str(torchrun), "--nproc-per-node", "2", "-m", "suite.commands.cli", "run", str(config),
          "--launcher", "torchrun", "--no-progress", "--no-report"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env=os.environ | {"PYTHONPATH": str(ROOT)},

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from suite.launch import RunFailed, headline
+from suite.worlds.launch import RunFailed, headline
 from tests.e2e.test_cli import ROOT, read_runs, write_config
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -78,7 +78,15 @@ def _sweep_mid_run(tmp_path: Path):
         (tmp_path / "stderr.txt").open("w") as stderr,
     ):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "suite.cli", "run", str(config), "--no-progress", "--no-report"],
+            [
+                sys.executable,
+                "-m",
+                "suite.commands.cli",
+                "run",
+                str(config),
+                "--no-progress",
+                "--no-report",
+            ],
             cwd=tmp_path,
             env=os.environ | {"PYTHONPATH": str(ROOT)},
             stdout=stdout,

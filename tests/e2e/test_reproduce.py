@@ -9,8 +9,8 @@ import pytest
 
 from analysis.papers import PAPERS_DIR
 from analysis.projection import project_store
-from suite.reproduce import reproduce
-from suite.results import ResultStore
+from suite.commands.reproduce import reproduce
+from suite.store.results import ResultStore
 
 CONFIG = """\
 experiment: toy_paper

@@ -2,7 +2,7 @@
 missing scores, damaged files met by every command.
 
 One real sweep (the tiny quick start, 4 runs) serves the lock, rows-vs-files and resume checks;
-damaged stores go through `suite.cli.main` in this process (no world is ever started for them)
+damaged stores go through `suite.commands.cli.main` in this process (no world is ever started for them)
 and, once per command, through a subprocess.
 """
 
@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from suite.cli import main
-from suite.results import LOCK_FILE, PENDING_PREFIX, ResultStore, RunRecord
+from suite.commands.cli import main
+from suite.store.results import LOCK_FILE, PENDING_PREFIX, ResultStore, RunRecord
 from tests.e2e.test_cli import ROOT, cli, read_runs, write_config
 from tests.unit.test_results import DAMAGE, _damaged
 
@@ -81,7 +81,7 @@ def two_sweeps(tmp_path_factory):
     (out / "results.db").write_bytes(b"")
     log_out, log_err = (tmp / "a.out").open("w"), (tmp / "a.err").open("w")
     a = subprocess.Popen(
-        [sys.executable, "-m", "suite.cli", "run", str(config), "--no-progress", "--no-report"],
+        [sys.executable, "-m", "suite.commands.cli", "run", str(config), "--no-progress", "--no-report"],
         cwd=tmp, env=ENV, stdout=log_out, stderr=log_err, start_new_session=True,
     )  # fmt: skip
     try:
@@ -226,7 +226,7 @@ def test_damaged_store_in_subprocesses(tmp_path):
         digest = _sha(dbs[command])
         argv = _commands(config, out)[command]
         procs[command] = (digest, subprocess.Popen(
-            [sys.executable, "-m", "suite.cli", *argv], cwd=tmp_path, env=ENV,
+            [sys.executable, "-m", "suite.commands.cli", *argv], cwd=tmp_path, env=ENV,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ))  # fmt: skip
     for command, (digest, proc) in procs.items():
@@ -241,7 +241,7 @@ def test_damaged_store_in_subprocesses(tmp_path):
 _CREATOR = """
 import sys, time
 from pathlib import Path
-from suite.results import ResultStore
+from suite.store.results import ResultStore
 d, n, handshake = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 for i in range(n):
     while handshake and not (d / f"go{i}").exists():
@@ -348,7 +348,7 @@ def test_unscored_runs_are_real_ok_runs_lacking_rows_they_can_have(tmp_path):
 
 
 def test_a_run_stored_ok_meanwhile_is_a_warning_not_a_traceback(tmp_path, capsys):
-    from suite.sweep import _save
+    from suite.commands.sweep import _save
 
     record = RunRecord(run={"run_id": "a", "status": "ok", "latency_s": 1.0})
     with ResultStore(tmp_path / "results.db") as store:

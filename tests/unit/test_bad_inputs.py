@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from suite.cli import main
+from suite.commands.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {
@@ -389,7 +389,7 @@ def _fill(text: str, tmp: Path, config: Path) -> str:
 
 @pytest.fixture
 def no_spawn(monkeypatch):
-    from suite.launch import LocalWorld
+    from suite.worlds.launch import LocalWorld
 
     def start(self):
         pytest.fail("a process was started for a bad input")
@@ -452,7 +452,7 @@ def _run(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def test_config_checks_import_neither_torch_nor_diffusers():
     code = (
-        "import sys, suite.config, suite.parallel, workloads, workloads.presets, workloads.limits\n"
+        "import sys, suite.config.experiment, suite.parallel, workloads, workloads.presets, workloads.limits\n"
         "suite.parallel.get('cfg+ulysses')\n"
         "print(sorted(m for m in ('torch', 'diffusers', 'pandas') if m in sys.modules))"
     )
@@ -470,7 +470,7 @@ def test_invalid_config_is_rejected_fast(tmp_path):
     for _ in range(3):
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-m", "suite.cli", "run", str(path)],
+            [sys.executable, "-m", "suite.commands.cli", "run", str(path)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -490,8 +490,8 @@ def test_registry_names_real_apply_functions():
 
 
 def test_estimate_splits_what_strategies_split():
-    from suite.config import parse_config
-    from suite.memory import estimate
+    from suite.config.experiment import parse_config
+    from suite.config.memory import estimate
 
     def one(strategy: dict, batch: int = 2):
         raw = cfg({"batch": batch}, [strategy], resolutions=[512])
@@ -510,9 +510,9 @@ def test_estimate_splits_what_strategies_split():
 MEASURE = """
 import gc, json, sys, dataclasses
 import torch
-from suite.config import parse_config
-from suite.memory import estimate
-from suite.runner import RankContext, execute
+from suite.config.experiment import parse_config
+from suite.config.memory import estimate
+from suite.worlds.runner import RankContext, execute
 
 def rss():
     for line in open("/proc/self/status"):
@@ -552,7 +552,7 @@ def test_estimate_is_within_a_factor_of_two_of_a_measured_peak():
 def test_output_into_a_closed_pipe_ends_quietly():
     # `diffscale ... | head`: the reader is gone before the command writes; exit 141, no traceback
     proc = subprocess.Popen(
-        [sys.executable, "-m", "suite.cli", "workloads", "--tiny"],
+        [sys.executable, "-m", "suite.commands.cli", "workloads", "--tiny"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -8,10 +8,10 @@ import pytest
 
 from analysis import breakdown
 from analysis.report import write_report
-from suite.comm import EVENT_DTYPE, OPS
-from suite.mesh import AXES
-from suite.results import ResultStore, RunRecord
-from suite.runner import STEP_DTYPE
+from suite.distributed.comm import EVENT_DTYPE, OPS
+from suite.distributed.mesh import AXES
+from suite.store.results import ResultStore, RunRecord
+from suite.worlds.runner import STEP_DTYPE
 
 # distrifusion w2, 2 timed loops x 2 steps: (step_s, comm_s, exposed_comm_s) per rank,
 # repeat, step. Rank 0 hides a quarter of its communication, rank 1 nearly all of it.
@@ -256,7 +256,7 @@ def test_empty_store(tmp_path):
     db.close()
 
 
-# -- the per-step accounting the breakdown rests on (suite.record) ---------------------------
+# -- the per-step accounting the breakdown rests on (suite.worlds.record) ---------------------------
 # One rank, two timed steps with a gap between them: step 0 [0, 1], step 1 [1.2, 2.2].
 # (op, step, wait_step, async, t_issue, t_done, wait start, wait end):
 #  A: async gather, waited while in flight (0.3 -> 0.5: 0.2 s exposed);
@@ -278,7 +278,7 @@ HAND = [
 
 
 def _hand_result():
-    from suite.runner import RankResult
+    from suite.worlds.runner import RankResult
 
     ev = np.zeros(len(HAND), dtype=EVENT_DTYPE)
     for e, (op, step, wait_step, is_async, t0, t1, w0, w1) in zip(ev, HAND, strict=True):
@@ -293,7 +293,7 @@ def _hand_result():
 
 
 def test_step_comm_is_time_in_flight_and_adds_up():
-    from suite.record import step_table
+    from suite.worlds.record import step_table
 
     s0, s1 = step_table(_hand_result())
     # step 0: in flight A u B [0.1, 0.5], C [0.7, 0.8], D [0.9, 1.0]; blocked A's wait and C;
@@ -313,8 +313,8 @@ def test_step_comm_is_time_in_flight_and_adds_up():
 
 
 def test_comm_table_unions_per_op_and_run_row():
-    from suite.config import parse_config
-    from suite.record import assemble, comm_table
+    from suite.config.experiment import parse_config
+    from suite.worlds.record import assemble, comm_table
 
     rows = {r["op"]: r for r in comm_table(_hand_result(), n_steps=2)}
     got = {op: [r["time_s"], r["inflight_s"], r["exposed_s"]] for op, r in rows.items()}

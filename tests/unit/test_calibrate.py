@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from analysis.hardware import load_profile
-from suite.calibrate import ComputeRates, fit_alpha_beta, size_ladder, write_profile
+from suite.commands.calibrate import ComputeRates, fit_alpha_beta, size_ladder, write_profile
 
 
 def test_fit_recovers_alpha_and_beta_exactly():

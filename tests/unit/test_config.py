@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from suite.config import ConfigError, load_config, parse_config
+from suite.config.experiment import ConfigError, load_config, parse_config
 
 
 def base(**over) -> dict:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from suite import parallel
-from suite.config import ConfigError, parse_config
+from suite.config.experiment import ConfigError, parse_config
 from suite.parallel import Parallelized, Strategy
 from suite.parallel.plans import PLANS, find
 

@@ -24,7 +24,7 @@ from suite.fidelity.images import (
     save_images,
 )
 from suite.fidelity.score import Backbones, FidelityOptions, find_baseline, score_store
-from suite.results import ResultStore
+from suite.store.results import ResultStore
 
 
 @pytest.fixture(autouse=True)
@@ -324,7 +324,7 @@ def test_report_shows_the_fidelity_table_and_a_grid_per_method(tmp_path):
 
 
 def test_fidelity_command_scores_a_results_directory(tmp_path, capsys):
-    from suite.cli import main
+    from suite.commands.cli import main
 
     _store_with_runs(tmp_path).close()
     assert main(["fidelity", str(tmp_path), "--no-download"]) == 0

@@ -13,7 +13,7 @@ from analysis.projection import TWIN_KEY, WORKLOAD_KEY, ProjectionInputError, St
 from analysis.projection_report import MATCH, validation
 from analysis.report import write_report
 from analysis.tables import BASELINE_KEY, load_runs, size_text, with_speedup
-from suite.results import ResultStore, RunRecord
+from suite.store.results import ResultStore, RunRecord
 from tests.unit.test_report import _md_row, _run
 
 # (run_id, strategy, world, frames, latency): the 17-frame clip costs twice the 9-frame one

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from suite.comm import EVENT_DTYPE, OPS, Comm, Ledger
-from suite.config import parse_config
-from suite.mesh import AXES, ParallelDims
-from suite.record import assemble, comm_table, step_table
-from suite.runner import STEP_DTYPE, RankResult
+from suite.config.experiment import parse_config
+from suite.distributed.comm import EVENT_DTYPE, OPS, Comm, Ledger
+from suite.distributed.mesh import AXES, ParallelDims
+from suite.worlds.record import assemble, comm_table, step_table
+from suite.worlds.runner import STEP_DTYPE, RankResult
 
 
 def event(op, axis, step, wait_step, nbytes, issue, done, wait_start, wait_end, is_async):
@@ -96,7 +96,7 @@ def test_assemble_run_row():
 
 def test_degree_one_axes_are_identity_and_not_logged():
     # A mesh with every axis at degree 1 needs no process group.
-    from suite.mesh import ParallelMesh
+    from suite.distributed.mesh import ParallelMesh
 
     ledger = Ledger(0)
     comm = Comm(ParallelMesh(ParallelDims(), "cpu"), ledger)

@@ -1,4 +1,4 @@
-"""The analytic world's operator recorder (suite.analytic) on small modules, exact numbers; the
+"""The analytic world's operator recorder (suite.measure.op_recorder) on small modules, exact numbers; the
 analytic settings' validation; replication's check of a tail step."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from suite.analytic import OpRecorder
-from suite.comm import EVENT_DTYPE
-from suite.config import ConfigError, parse_config
-from suite.optrace import EMPTY, OP_CLASSES, OP_DTYPE, TRACE_DTYPES
-from suite.replicate import expand
-from suite.runner import STEP_DTYPE
+from suite.config.experiment import ConfigError, parse_config
+from suite.distributed.comm import EVENT_DTYPE
+from suite.measure.op_recorder import OpRecorder
+from suite.measure.optrace import EMPTY, OP_CLASSES, OP_DTYPE, TRACE_DTYPES
+from suite.worlds.replicate import expand
+from suite.worlds.runner import STEP_DTYPE
 
 META = torch.device("meta")
 
@@ -151,8 +151,8 @@ def test_analytic_runs_take_any_world_dtype_and_device_and_time_nothing():
     assert (spec.world_size, spec.dtype, spec.world_mode) == (64, "bfloat16", "analytic")
     assert (spec.warmup_runs, spec.repeats) == (0, 1)  # one untimed loop, whatever was set
     assert spec.label().endswith("(analytic world)")
-    from suite.memory import check_runs
-    from suite.sweep import _world_key
+    from suite.commands.sweep import _world_key
+    from suite.config.memory import check_runs
 
     assert check_runs([spec]) == []  # on meta: nothing to fit
     assert _world_key(spec) == (1, "cpu", 1, True)  # the fake worlds' emulating process

@@ -15,10 +15,10 @@ from analysis import opmodel
 from analysis.hardware import HARDWARE_DIR, Device, Link, Profile, devices, load_profile
 from analysis.opmodel import Curve, OpCurves, parse_curves, price
 from analysis.projection import project_analytic, project_store, shares
-from suite.comm import EVENT_DTYPE, OPS
-from suite.mesh import AXES
-from suite.optrace import EMPTY, OP_CLASSES, OP_DTYPE, TRACE_DTYPES
-from suite.runner import STEP_DTYPE
+from suite.distributed.comm import EVENT_DTYPE, OPS
+from suite.distributed.mesh import AXES
+from suite.measure.optrace import EMPTY, OP_CLASSES, OP_DTYPE, TRACE_DTYPES
+from suite.worlds.runner import STEP_DTYPE
 
 # A tiny device: fp32 GEMMs reach 0.5 TFLOP/s at 1e6 FLOPs and 1 TFLOP/s from 1e9 on; bf16 twice
 # that; copies 1 GB/s at 1 kB and 10 GB/s from 1 MB on. Link: 10 us, 1 GB/s.
@@ -81,7 +81,7 @@ def test_gelu_family_activations_price_on_their_own_curve():
     gelu = [{"bytes": 1e3, "gb_s": 0.5}, {"bytes": 1e9, "gb_s": 0.5}]
     silu = [{"bytes": 1e3, "gb_s": 2.0}, {"bytes": 1e9, "gb_s": 2.0}]
     ops = _ops((0, "activation", "float32", 1, 0.0, 1e6), (1, "activation", "float32", 1, 0.0, 1e6))
-    ops["d1"] = [1, 0]  # kind 1: GELU family (recorded by suite.analytic), 0: SiLU-like
+    ops["d1"] = [1, 0]  # kind 1: GELU family (recorded by suite.measure.op_recorder), 0: SiLU-like
     p = price(_profile({**CURVES, "activation": silu, "gelu": gelu}), ops)
     assert p.time_s[0] == pytest.approx(1e6 / 0.5e9) and p.time_s[1] == pytest.approx(1e6 / 2e9)
     # without a `gelu` curve both take the activation curve; without either, elementwise, then
@@ -240,7 +240,7 @@ RUN = {"experiment": "t", "workload": "tiny-pixart-alpha", "height": 256, "width
 
 
 def _store(tmp_path, with_real=True) -> tuple:
-    from suite.results import ResultStore
+    from suite.store.results import ResultStore
 
     db = tmp_path / "results.db"
     single = {
@@ -306,7 +306,7 @@ def test_anchor_reproduces_the_anchor_latency_exactly(tmp_path):
     rows = {r["run_id"]: r for r in project_store(db, [prof], source=prof, anchor="r1")}
     assert rows["a1"]["latency_s"] == pytest.approx(4.5e-3, rel=1e-12)
     assert rows["a1"]["anchored_to"] == "run r1 (0.0045 s)"
-    from suite.results import ResultStore
+    from suite.store.results import ResultStore
 
     with ResultStore(db, read_only=True) as store:
         table = store.table("projection")
@@ -315,7 +315,7 @@ def test_anchor_reproduces_the_anchor_latency_exactly(tmp_path):
 
 def test_measured_run_without_a_twin_uses_the_matmul_curves(tmp_path):
     db, prof = _store(tmp_path)
-    from suite.results import ResultStore
+    from suite.store.results import ResultStore
 
     with ResultStore(db) as store:  # no analytic twin left for r1
         store.save_rows("runs", [], replace_where={"run_id": "a1"})
@@ -353,7 +353,7 @@ def test_dtype_true_projection_of_analytic_and_measured_runs(tmp_path):
     ],
 )
 def test_project_cli_refuses_bad_dtype_and_anchor(tmp_path, capsys, extra, expect):
-    from suite.cli import main
+    from suite.commands.cli import main
 
     db, prof = _store(tmp_path)
     argv = ["project", str(tmp_path), "--source", prof, "--out", str(tmp_path / "r")]
@@ -366,7 +366,7 @@ def test_project_cli_refuses_bad_dtype_and_anchor(tmp_path, capsys, extra, expec
 
 
 def test_project_cli_anchors_and_labels_the_report(tmp_path, capsys):
-    from suite.cli import main
+    from suite.commands.cli import main
 
     db, prof = _store(tmp_path)
     out = tmp_path / "r"
@@ -428,7 +428,7 @@ def test_every_curve_point_has_a_source_or_an_estimate(path):
 
 
 def test_a_calibrated_profile_carries_its_curves(tmp_path):
-    from suite.calibrate import ComputeRates, write_profile
+    from suite.commands.calibrate import ComputeRates, write_profile
 
     curves = {**CURVES, "measured": {"device": "cpu", "dtypes": ["fp32", "bf16"]}}
     rows = [{"op": "all_gather", "group_size": 2, "nbytes": n, "rank": 0, "time_s": 1e-4 + n / 1e9}

@@ -153,7 +153,7 @@ def test_pages_are_written(tmp_path):
 
 def test_reproduce_refuses_unknown_names_before_any_work():
     out = subprocess.run(
-        [sys.executable, "-m", "suite.cli", "reproduce", "distrifusion_tabel1"],
+        [sys.executable, "-m", "suite.commands.cli", "reproduce", "distrifusion_tabel1"],
         capture_output=True,
         text=True,
     )

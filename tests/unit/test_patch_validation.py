@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from suite.config import ConfigError, parse_config
+from suite.config.experiment import ConfigError, parse_config
 from suite.parallel.patch_modules import PatchGroupNorm, halo_rows
 from suite.parallel.patch_state import Band
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from suite.config import ConfigError, parse_config
+from suite.config.experiment import ConfigError, parse_config
 from suite.parallel.pipeline_attention import KVCache
 from suite.parallel.pipeline_bubble import bubble_table, useful_fraction
 from suite.parallel.pipeline_stage import PatchCursor, stage_bounds

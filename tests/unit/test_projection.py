@@ -17,9 +17,9 @@ from analysis.projection import (
     simulate,
     simulate_shared,
 )
-from suite.comm import EVENT_DTYPE, OPS
-from suite.mesh import AXES
-from suite.runner import STEP_DTYPE
+from suite.distributed.comm import EVENT_DTYPE, OPS
+from suite.distributed.mesh import AXES
+from suite.worlds.runner import STEP_DTYPE
 
 
 def test_alpha_beta_formulas_on_known_numbers():
@@ -223,7 +223,7 @@ def test_scaling_plot_has_a_panel_per_strategy_and_a_line_per_profile(tmp_path):
 
 def test_validation_matches_fake_and_analytic_twins_of_real_runs(tmp_path):
     from analysis.projection_report import validation
-    from suite.results import ResultStore
+    from suite.store.results import ResultStore
 
     base = {"experiment": "v", "workload": "w", "height": 256, "width": 256, "steps": 4,
             "batch": 1, "scheduler": "ddim", "guidance": 4.5, "dtype": "float32",

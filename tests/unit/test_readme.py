@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from suite.cli import build_parser
-from suite.schema import TABLES
+from suite.commands.cli import build_parser
+from suite.store.schema import TABLES
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

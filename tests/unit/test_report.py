@@ -11,7 +11,7 @@ from analysis.fmt import fmt_sig
 from analysis.render import markdown_table
 from analysis.report import default_report_dir, write_report
 from analysis.tables import comm_by_op, load_runs, with_speedup
-from suite.results import ResultStore, RunRecord
+from suite.store.results import ResultStore, RunRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Latencies chosen so speedups are short decimals: 2.0 / 1.25 = 1.6, 2.0 / 0.8 = 2.5.

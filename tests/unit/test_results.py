@@ -7,8 +7,8 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from suite import schema
-from suite.results import DuplicateRunError, ResultStore, RunRecord
+from suite.store import schema
+from suite.store.results import DuplicateRunError, ResultStore, RunRecord
 
 
 def _record(
@@ -214,7 +214,7 @@ def test_creation_killed_at_any_point_leaves_no_file_or_a_complete_store(
     import subprocess
     import sys
 
-    import suite.results as results
+    import suite.store.results as results
 
     path = tmp_path / "results.db"
     real_create_sql, real_link = results._create_sql, os.link
@@ -277,14 +277,14 @@ def test_creation_keeps_a_store_another_process_created_meanwhile(tmp_path, monk
     import sys
     from pathlib import Path
 
-    import suite.results as results
+    import suite.store.results as results
 
     path = tmp_path / "results.db"
     real_link = os.link
 
     def link(src, dst):  # another process wins the race and already stored a row
         code = (
-            "from suite.results import ResultStore; "
+            "from suite.store.results import ResultStore; "
             f"ResultStore({str(path)!r}).save_rows('projection', [{{'run_id': 'theirs'}}])"
         )
         env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
@@ -347,7 +347,7 @@ DAMAGE = {
 @pytest.mark.parametrize("read_only", [True, False], ids=["ro", "rw"])
 @pytest.mark.parametrize("kind", sorted(DAMAGE))
 def test_unusable_file_raises_store_error_and_is_left_unchanged(tmp_path, kind, read_only):
-    from suite.results import StoreError
+    from suite.store.results import StoreError
 
     path = tmp_path / "results.db"
     path.write_bytes(_damaged(kind, tmp_path))
@@ -359,7 +359,7 @@ def test_unusable_file_raises_store_error_and_is_left_unchanged(tmp_path, kind, 
 
 
 def test_empty_file_is_replaced_only_when_asked(tmp_path, capsys):
-    from suite.results import StoreError
+    from suite.store.results import StoreError
 
     path = tmp_path / "results.db"
     path.write_bytes(b"")
@@ -376,7 +376,7 @@ def test_empty_file_is_replaced_only_when_asked(tmp_path, capsys):
 
 
 def test_read_only_open_never_creates_or_writes(tmp_path):
-    from suite.results import StoreError
+    from suite.store.results import StoreError
 
     missing = tmp_path / "nope" / "results.db"
     with pytest.raises(StoreError, match="no results database") as e:
@@ -420,7 +420,7 @@ def test_read_only_open_of_an_older_schema_reads_missing_parts_empty(tmp_path):
 
 
 def test_pending_dir_is_fresh_and_placed_over_a_stale_dir(tmp_path):
-    from suite.results import pending_run_dir, place_run_dir
+    from suite.store.results import pending_run_dir, place_run_dir
 
     old = pending_run_dir(tmp_path, "a")
     (old / "latents.pt").write_text("an earlier try")
@@ -436,7 +436,7 @@ def test_pending_dir_is_fresh_and_placed_over_a_stale_dir(tmp_path):
 
 
 def test_recover_run_dirs_settles_what_a_crash_left(store):
-    from suite.results import pending_run_dir
+    from suite.store.results import pending_run_dir
 
     root = store.root
     ok = _record("ok")
@@ -461,7 +461,7 @@ def test_directory_lock_refuses_a_second_writer_and_names_the_holder(tmp_path):
     import json
     import os
 
-    from suite.results import DirectoryLock, StoreBusyError
+    from suite.store.results import DirectoryLock, StoreBusyError
 
     with DirectoryLock(tmp_path, command="diffscale run exp.yaml") as lock:
         holder = json.loads(lock.path.read_text())
@@ -481,11 +481,11 @@ def test_directory_lock_dies_with_its_process(tmp_path):
     import sys
     from pathlib import Path
 
-    from suite.results import DirectoryLock, StoreBusyError
+    from suite.store.results import DirectoryLock, StoreBusyError
 
     root = Path(__file__).resolve().parents[2]
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from suite.results import DirectoryLock; "
+        [sys.executable, "-c", "import sys, time; from suite.store.results import DirectoryLock; "
          f"DirectoryLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); "
          "time.sleep(600)"],
         stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(root)},

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from analysis.stages import price_stage, record, text_encoder_ops, vae_decode_ops
-from suite.optrace import OP_CLASSES
+from suite.measure.optrace import OP_CLASSES
 from workloads.stats import flop_counter
 from workloads.text_encoders import meta_text_encoder, text_encoders
 from workloads.vae import meta_vae

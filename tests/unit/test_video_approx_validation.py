@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from suite.config import ConfigError, parse_config
+from suite.config.experiment import ConfigError, parse_config
 
 WAN, HUNYUAN, COG, PIXART = (
     "tiny-wan2.1-t2v-1.3b",

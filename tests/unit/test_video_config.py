@@ -6,9 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from suite.config import ConfigError, parse_config
+from suite.config.experiment import ConfigError, parse_config
+from suite.config.settings import parse_resolution
 from suite.fidelity.score import find_baseline
-from suite.settings import parse_resolution
 
 VIDEO, IMAGE = "tiny-wan2.1-t2v-1.3b", "tiny-pixart-alpha"
 
@@ -100,7 +100,7 @@ def test_tensor_degrees_on_video_follow_the_heads():
 
 
 def test_video_runs_are_stored_with_frames_and_matched_by_them():
-    from suite.record import _spec_columns
+    from suite.worlds.record import _spec_columns
 
     spec = parse_config(_raw()).runs[0]
     assert _spec_columns(spec)["frames"] == 9
@@ -121,7 +121,7 @@ def test_video_runs_are_stored_with_frames_and_matched_by_them():
 
 
 def test_memory_estimate_grows_with_the_clip():
-    from suite.memory import estimate
+    from suite.config.memory import estimate
 
     short, long = (
         estimate(parse_config(_raw(resolutions=[r])).runs[0]) for r in ("9x64x64", "33x64x64")

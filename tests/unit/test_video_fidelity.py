@@ -27,7 +27,7 @@ from suite.fidelity.images import (
     write_run_images,
 )
 from suite.fidelity.score import Backbones, FidelityOptions, run_images, score_store
-from suite.results import ResultStore
+from suite.store.results import ResultStore
 
 CLIPS, FRAMES, SIZE = 2, 4, 32
 

@@ -1,5 +1,5 @@
 """The `settings:` of an experiment config (and its `fidelity:` mapping): typed, bounded,
-checked without torch. `suite.config` applies them per strategy entry.
+checked without torch. `suite.config.experiment` applies them per strategy entry.
 
 Each problem is reported as `<field path>: <value> ...; <what is allowed>`.
 """
@@ -41,9 +41,9 @@ class Settings:
     timeout_s: float = 600.0
     weights: str | None = None
     # fake: one process emulates each rank, collectives move no data; analytic: the same on the
-    # meta device, no compute at all: operators and collectives recorded (suite.analytic_run)
+    # meta device, no compute at all: operators and collectives recorded (suite.worlds.analytic_run)
     world_mode: str = "real"
-    # refuse runs whose estimated peak memory exceeds the device's (suite.memory); false: run
+    # refuse runs whose estimated peak memory exceeds the device's (suite.config.memory); false: run
     memory_check: bool = True
 
 

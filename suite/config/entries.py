@@ -7,8 +7,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from suite.mesh import AXES, ParallelDims
-from suite.settings import MAX_WORLD, as_list, is_int
+from suite.config.settings import MAX_WORLD, as_list, is_int
+from suite.distributed.mesh import AXES, ParallelDims
 
 
 def check_world_size(w: Any, where: str, problems: list[str]) -> bool:

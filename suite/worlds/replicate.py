@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from suite.optrace import EMPTY
+from suite.measure.optrace import EMPTY
 
 TAIL = 2  # last steps always emulated; the first of them checks the replication
 
@@ -65,7 +65,7 @@ def step_view(events: np.ndarray, marks: list, segments, j: int) -> tuple:
 
 
 class Replicator:
-    """The `fast_forward` hook of one rank's loop (suite.runner.denoise).
+    """The `fast_forward` hook of one rank's loop (suite.worlds.runner.denoise).
 
     `marks` is the runner's list of (step, t_start, t_end), `events` a callable returning the
     ledger's events so far.

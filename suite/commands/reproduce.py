@@ -113,7 +113,7 @@ def ours_table(
     from analysis.hardware import load_profile
     from analysis.paper_match import STAGES, same_workload
     from analysis.projection import StoreTraces, project_one
-    from suite.results import ResultStore
+    from suite.store.results import ResultStore
 
     out = []
     with ResultStore(db, read_only=True) as store:
@@ -162,7 +162,7 @@ def measured_table(directory: Path, stages: _Stages, rows: pd.DataFrame) -> pd.D
     """Real runs of a --measured store: their measured loop, the text / VAE stages priced on the
     paper's profile (labelled so)."""
     from analysis.hardware import load_profile
-    from suite.results import ResultStore
+    from suite.store.results import ResultStore
 
     db = directory / "results.db" if directory.is_dir() else directory
     if not db.is_file():
@@ -199,8 +199,8 @@ def reproduce(
     summary rows (one per table or figure)."""
     from analysis.paper_match import LATENCY_METRICS, compare, summary
     from analysis.paper_report import write_index, write_paper_page
-    from suite.config import load_config
-    from suite.sweep import run_local
+    from suite.commands.sweep import run_local
+    from suite.config.experiment import load_config
 
     configs = paper_configs(configs_dir)
     papers = load_papers(papers_dir, configs_dir)

@@ -1,12 +1,12 @@
-"""What one rank of an analytic world does (`world_mode: analytic`; `suite.launch.emulate` runs
+"""What one rank of an analytic world does (`world_mode: analytic`; `suite.worlds.rank_worker.emulate` runs
 the ranks one after another in one process, over torch's fake process group).
 
 The workload is built on the meta device: no memory, no compute, no data. The strategy is
-applied as in any world and its denoising loop runs unchanged; `suite.comm` logs every
-collective without launching it, and `suite.analytic.OpRecorder` records the rank's operators
-into compute segments between the ledger's boundary-clock times (`suite.optrace`). Nothing is
+applied as in any world and its denoising loop runs unchanged; `suite.distributed.comm` logs every
+collective without launching it, and `suite.measure.op_recorder.OpRecorder` records the rank's operators
+into compute segments between the ledger's boundary-clock times (`suite.measure.optrace`). Nothing is
 timed: one loop, no warm-up, no barrier, no device synchronization. Steady steps are replicated
-rather than emulated (suite.replicate), an exact shortcut.
+rather than emulated (suite.worlds.replicate), an exact shortcut.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from suite import parallel
-from suite.analytic import OpRecorder
-from suite.comm import Comm, Ledger
-from suite.config import RunSpec
-from suite.replicate import Replicator, expand
-from suite.runner import STEP_DTYPE, RankContext, RankResult, _param_bytes, denoise
+from suite.config.experiment import RunSpec
+from suite.distributed.comm import Comm, Ledger
+from suite.measure.op_recorder import OpRecorder
+from suite.worlds.replicate import Replicator, expand
+from suite.worlds.runner import STEP_DTYPE, RankContext, RankResult, _param_bytes, denoise
 
 META = torch.device("meta")
 DEVICE_NAME = "meta (analytic world: nothing executed)"
@@ -31,7 +31,7 @@ def execute_analytic(
     """Emulate rank `ctx.rank` of `spec` on meta; its trace on the recorder's boundary clock.
 
     `progress` is called once per step of the loop, when the rank is done. With `replicate`,
-    steady steps are replicated instead of emulated (suite.replicate); where the check of a
+    steady steps are replicated instead of emulated (suite.worlds.replicate); where the check of a
     replication fails, the rank is emulated again in full.
     """
     result = _emulate(spec, ctx, recorder, replicate) if replicate else None

@@ -33,7 +33,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from suite.config import RunSpec
+from suite.config.experiment import RunSpec
 
 CUDA_RESERVE_BYTES = 1 << 30  # CUDA context + allocator slack per GPU
 # Measured on CPU runs of tiny presets at 1024 px (none, data, cfg, ulysses, tensor,

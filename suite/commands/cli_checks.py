@@ -11,7 +11,7 @@ import re
 
 def out_dir_problem(flag: str, value: str) -> str | None:
     """Why `value` cannot be an output directory (created if missing); None if it can."""
-    from suite.settings import expand_path
+    from suite.config.settings import expand_path
 
     if not value.strip():
         return f"{flag} {value!r}: empty; give a directory"
@@ -43,8 +43,8 @@ def _bytes(text: str) -> int:
 
 def calibrate_problems(args: argparse.Namespace) -> tuple[list[str], tuple[int, ...]]:
     """Every bad calibrate argument, and the world sizes asked for."""
-    from suite.memory import mem_available
-    from suite.settings import EXPERIMENT_NAME, MAX_THREADS
+    from suite.config.memory import mem_available
+    from suite.config.settings import EXPERIMENT_NAME, MAX_THREADS
     from workloads.presets import get_preset
 
     problems, sizes = [], []
@@ -87,7 +87,7 @@ def calibrate_problems(args: argparse.Namespace) -> tuple[list[str], tuple[int, 
     except ValueError as e:
         problems.append(f"--preset {args.preset!r}: {e}")
     if getattr(args, "keep_collectives", False):
-        from suite.settings import expand_path
+        from suite.config.settings import expand_path
 
         kept = expand_path(args.out) / f"{args.name}.yaml"
         if not kept.is_file():

@@ -19,7 +19,7 @@ Everything is checked here, before any process starts. Each problem is reported 
 Checking is cheap and torch-free (milliseconds: this module, suite.parallel and
 workloads.presets / workloads.limits import neither torch nor diffusers); only a valid config
 goes on to what needs torch (resolving `device: auto`, counting GPUs) and, in `diffscale run`,
-to the memory check (suite.memory).
+to the memory check (suite.config.memory).
 """
 
 from __future__ import annotations
@@ -36,10 +36,8 @@ from typing import Any
 import yaml
 
 from suite import parallel
-from suite.config_entries import check_degrees, check_options, check_shape
-from suite.mesh import AXES, ParallelDims
-from suite.parallel.checks import video_unsupported
-from suite.settings import (
+from suite.config.entries import check_degrees, check_options, check_shape
+from suite.config.settings import (
     EXPERIMENT_NAME,
     FidelitySettings,
     Settings,
@@ -49,6 +47,8 @@ from suite.settings import (
     looks_local,
     parse_resolution,
 )
+from suite.distributed.mesh import AXES, ParallelDims
+from suite.parallel.checks import video_unsupported
 
 
 class ConfigError(ValueError):
@@ -84,7 +84,7 @@ class RunSpec:
     timeout_s: float
     weights: str | None = None
     world_mode: str = "real"
-    memory_check: bool = True  # suite.memory refuses it when it would not fit (not identity)
+    memory_check: bool = True  # suite.config.memory refuses it when it would not fit (not identity)
     frames: int = 0  # video presets: frames of each clip (0: an image workload)
 
     @property

@@ -37,7 +37,7 @@ ops complete at issue and the callback runs inline, at no cost, so their duratio
 
 Analytic worlds (`Comm(..., analytic=True)`, meta tensors): every event is logged as above but
 nothing is launched; results are the right-shaped (meta) tensors `finish` makes. The ledger's
-clock is then the operator recorder's boundary clock (`Ledger(clock=...)`, suite.optrace): a
+clock is then the operator recorder's boundary clock (`Ledger(clock=...)`, suite.measure.optrace): a
 blocking op spans two boundaries, and an async op is complete when waited (wait start = wait
 end = its done time).
 """
@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from suite.mesh import AXES, ParallelMesh
+from suite.distributed.mesh import AXES, ParallelMesh
 
 OPS: tuple[str, ...] = (
     "all_gather",

@@ -1,5 +1,5 @@
 """A results directory beside its store: the errors of an unusable store, the writer's lock and
-a run's files before and after its row commits (see suite.results for how they fit together).
+a run's files before and after its row commits (see suite.store.results for how they fit together).
 
 Torch- and pandas-free, so the CLI can name a store error without importing either.
 """

@@ -20,10 +20,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from suite.config import ExperimentConfig, FidelitySettings, RunSpec
-from suite.launch import LocalWorld, RunFailed, RunSkipped, TorchrunWorld, headline
-from suite.record import assemble, failed_record, save_artifacts
-from suite.results import (
+from suite.config.experiment import ExperimentConfig, FidelitySettings, RunSpec
+from suite.store.results import (
     DirectoryLock,
     DuplicateRunError,
     ResultStore,
@@ -31,6 +29,8 @@ from suite.results import (
     pending_run_dir,
     place_run_dir,
 )
+from suite.worlds.launch import LocalWorld, RunFailed, RunSkipped, TorchrunWorld, headline
+from suite.worlds.record import assemble, failed_record, save_artifacts
 
 EMULATORS_ENV = "DIFFSCALE_EMULATORS"
 

@@ -1,7 +1,7 @@
 """Turn the per-rank results of one run into the stored rows (runs, comm, rank_steps).
 
 An analytic run (world_mode analytic) measured nothing: its timing and memory columns are empty
-and its trace.npz also holds the operator trace (`segments_rank{r}`, `ops`: suite.optrace).
+and its trace.npz also holds the operator trace (`segments_rank{r}`, `ops`: suite.measure.optrace).
 
 Per-step numbers follow ARCHITECTURE.md's timing semantics, measured on each rank's timeline so
 that the breakdown adds up:
@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from suite.comm import OPS
-from suite.config import RunSpec
-from suite.intervals import covered_s, inflight_intervals
-from suite.mesh import AXES
-from suite.profiling import nvml_summary, save_traces
-from suite.results import RunRecord
-from suite.runner import RankResult
+from suite.config.experiment import RunSpec
+from suite.distributed.comm import OPS
+from suite.distributed.mesh import AXES
+from suite.measure.intervals import covered_s, inflight_intervals
+from suite.measure.profiling import nvml_summary, save_traces
+from suite.store.results import RunRecord
+from suite.worlds.runner import RankResult
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -302,7 +302,7 @@ def save_artifacts(results: list[RankResult], run_dir: Path, spec: RunSpec | Non
     """Final latents (rank 0), their decoded images (with `spec`, as run_dir/images/*.png) and
     every rank's raw step marks and ledger events.
 
-    A sweep passes a fresh runs/.pending-<run_id> (suite.results.pending_run_dir) and moves it to
+    A sweep passes a fresh runs/.pending-<run_id> (suite.store.results.pending_run_dir) and moves it to
     runs/<run_id> once the run's row has committed, so no file there outlives or predates it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for r in results:
@@ -316,7 +316,7 @@ def save_artifacts(results: list[RankResult], run_dir: Path, spec: RunSpec | Non
         arrays[f"steps_rank{r.rank}"] = r.steps
         arrays[f"layers_rank{r.rank}"] = np.array(r.layers, dtype=str)
         arrays[f"buffer_bytes_rank{r.rank}"] = np.array(r.buffer_bytes, dtype=np.int64)
-        if r.segments is not None:  # an analytic rank: its operator trace (suite.optrace)
+        if r.segments is not None:  # an analytic rank: its operator trace (suite.measure.optrace)
             arrays[f"segments_rank{r.rank}"] = r.segments
             arrays["ops"] = r.ops
     np.savez_compressed(run_dir / "trace.npz", **arrays)

@@ -1,5 +1,5 @@
 """The operator recorder of analytic worlds: every aten op a rank runs on the meta device, in
-compute segments between the ledger's clock boundaries (the format: `suite.optrace`).
+compute segments between the ledger's clock boundaries (the format: `suite.measure.optrace`).
 
 While recording, a `TorchDispatchMode` sees every aten op. Composite ops (linear, conv2d,
 layer_norm, to, contiguous, ...) are decomposed first, so what is recorded is what a device
@@ -34,7 +34,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from suite.optrace import EMPTY, OP_CLASSES, OP_DTYPE, TRACE_DTYPES
+from suite.measure.optrace import EMPTY, OP_CLASSES, OP_DTYPE, TRACE_DTYPES
 
 _CLS = {name: i for i, name in enumerate(OP_CLASSES)}
 _DTYPES = {getattr(torch, name): i for i, name in enumerate(TRACE_DTYPES[:-1])}

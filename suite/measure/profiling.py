@@ -286,7 +286,7 @@ def _lanes(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 def ledger_trace(ranks: Sequence[Any], meta: dict | None = None) -> dict:
     """The ledger's timeline in Chrome trace format (JSON object), one process per rank.
 
-    `ranks`: objects with `rank`, `events` (suite.comm.EVENT_DTYPE), `steps` (runner STEP_DTYPE),
+    `ranks`: objects with `rank`, `events` (suite.distributed.comm.EVENT_DTYPE), `steps` (runner STEP_DTYPE),
     `layers`, and optionally `nvml` (NVML_DTYPE). Per rank, thread 0 ("host") holds the step
     slices and, nested in them, one "wait <op>" slice per time the rank was blocked on
     communication (a blocking op's whole duration, an async op's wait); threads "comm k" hold
@@ -295,8 +295,8 @@ def ledger_trace(ranks: Sequence[Any], meta: dict | None = None) -> dict:
     NVML samples become counter tracks. Times are microseconds from the first step of any rank
     (perf_counter: one clock per host; ranks on different hosts are not aligned).
     """
-    from suite.comm import OPS
-    from suite.mesh import AXES
+    from suite.distributed.comm import OPS
+    from suite.distributed.mesh import AXES
 
     starts = [r.steps["t_start"].min() for r in ranks if len(r.steps)]
     starts += [r.events["t_issue"].min() for r in ranks if len(r.events)]

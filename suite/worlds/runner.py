@@ -16,10 +16,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from suite import parallel, profiling
-from suite.comm import Comm, Ledger
-from suite.config import RunSpec
-from suite.mesh import ParallelDims, ParallelMesh
+from suite import parallel
+from suite.config.experiment import RunSpec
+from suite.distributed.comm import Comm, Ledger
+from suite.distributed.mesh import ParallelDims, ParallelMesh
+from suite.measure import profiling
 
 STEP_DTYPE = np.dtype(
     [("repeat", np.int32), ("step", np.int32), ("t_start", np.float64), ("t_end", np.float64)]
@@ -50,7 +51,7 @@ class RankResult:
     device_name: str
     loop_s: list[float]  # wall time of each timed loop on this rank
     steps: np.ndarray  # STEP_DTYPE, timed loops only
-    events: np.ndarray  # suite.comm.EVENT_DTYPE, timed loops only
+    events: np.ndarray  # suite.distributed.comm.EVENT_DTYPE, timed loops only
     layers: list[str]
     peak_mem_bytes: int
     param_bytes: int
@@ -58,8 +59,8 @@ class RankResult:
     latents: torch.Tensor | None = None
     buffer_bytes: int = 0  # activation buffers the strategy keeps (e.g. stale K/V), bytes
     trace_gz: bytes | None = None  # torch.profiler Chrome trace (gzip) when profiling was asked
-    nvml: np.ndarray | None = None  # suite.profiling.NVML_DTYPE samples; empty without NVML
-    # analytic worlds (suite.analytic_run): times above are boundary indices (suite.optrace),
+    nvml: np.ndarray | None = None  # suite.measure.profiling.NVML_DTYPE samples; empty without NVML
+    # analytic worlds (suite.worlds.analytic_run): times above are boundary indices (suite.measure.optrace),
     # segment b's signature id, and the OP_DTYPE rows of every signature (shared by the ranks)
     segments: np.ndarray | None = None
     ops: np.ndarray | None = None

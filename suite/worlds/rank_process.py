@@ -32,7 +32,7 @@ def die_with_parent(parent_pid: int) -> None:
     On Linux the kernel sends SIGKILL at the parent's death, which also reaches a rank stuck in
     a collective (PR_SET_PDEATHSIG follows the spawning thread: start a LocalWorld from a thread
     that outlives it). The parent may have died before this call, hence the check after it; an
-    idle rank also polls for its parent (`suite.launch._local_worker`), the only guard elsewhere.
+    idle rank also polls for its parent (`suite.worlds.rank_worker.serve_runs`), the only guard elsewhere.
     """
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
@@ -71,9 +71,10 @@ def total_memory_bytes() -> int | None:
 
 def rank_main(*args) -> None:
     """A spawned rank's target: bound to the parent's life (the args end with its pid), then
-    `suite.launch._local_worker`. Only this module is imported before the binding, so a parent
-    killed during a rank's seconds of importing torch and diffusers takes the rank with it."""
+    `suite.worlds.rank_worker.serve_runs`. Only this module is imported before the binding, so a
+    parent killed during a rank's seconds of importing torch and diffusers takes the rank with it.
+    """
     die_with_parent(args[-1])
-    from suite.launch import _local_worker
+    from suite.worlds.rank_worker import serve_runs
 
-    _local_worker(*args)
+    serve_runs(*args)

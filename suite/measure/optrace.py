@@ -1,8 +1,8 @@
 """Operator traces: what an analytic world records between a rank's collectives, and what the
 operator model (`analysis.opmodel`) prices on a device. numpy only, no torch.
 
-A rank's analytic trace is its ledger events (`suite.comm.EVENT_DTYPE`) and step marks
-(`suite.runner.STEP_DTYPE`) on a *boundary clock*: every timestamp is the index of a boundary
+A rank's analytic trace is its ledger events (`suite.distributed.comm.EVENT_DTYPE`) and step marks
+(`suite.worlds.runner.STEP_DTYPE`) on a *boundary clock*: every timestamp is the index of a boundary
 between compute segments. Each time the rank's timeline needs a time (a collective's issue or
 done, a wait's start or end, a step's start or end) the segment running until then is closed and
 the next boundary's index is returned. Segment b runs from boundary b to boundary b + 1.

@@ -1,13 +1,13 @@
 """`diffscale calibrate`: measure this machine's backend and compute, write a hardware profile.
 
 Collectives are timed the way nccl-tests does (sizes in its "size" convention, a warm-up call,
-then the mean of timed calls, the slowest rank's time), through `suite.comm` so that what is
+then the mean of timed calls, the slowest rank's time), through `suite.distributed.comm` so that what is
 measured is the path strategies use. Each (op, group size) gets alpha and beta fitted to
 t = alpha + beta * bytes, minimizing relative error so that small messages (alpha) count as much
 as large ones (beta). Compute is measured on one rank with `threads` intra-op threads: a GEMM,
 an attention kernel, and a denoiser step of a benchmark preset (FLOPs counted on the meta
 device); the profile's throughput is the model step's, the most representative of a run. The
-same rank measures the operator efficiency curves of the device (suite.calibrate_ops: GEMM,
+same rank measures the operator efficiency curves of the device (suite.measure.calibrate_ops: GEMM,
 conv, attention, norm, elementwise, copy and launch overhead per dtype, over ladders of sizes)
 that analysis.opmodel prices operators with; they go to the profile's `opcurves`.
 """
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import yaml
 
-from suite.comm import Comm, Ledger
-from suite.mesh import ParallelDims
+from suite.distributed.comm import Comm, Ledger
+from suite.distributed.mesh import ParallelDims
 
 CALIBRATED_OPS = ("all_gather", "all_reduce", "all_to_all", "reduce_scatter", "send")
 DEFAULT_SIZES = tuple(2**k for k in range(10, 29, 2))  # 1 KiB .. 256 MiB, x4
@@ -105,7 +105,7 @@ class ComputeRates:
     attention_tflops: float
     model_step_tflops: float
     model: str
-    opcurves: dict | None = None  # suite.calibrate_ops.measure_op_curves
+    opcurves: dict | None = None  # suite.measure.calibrate_ops.measure_op_curves
 
 
 def measure_compute(
@@ -116,7 +116,7 @@ def measure_compute(
     import torch.nn.functional as F
 
     import workloads
-    from suite.calibrate_ops import measure_op_curves
+    from suite.measure.calibrate_ops import measure_op_curves
 
     torch.set_num_threads(threads)
     curves = measure_op_curves(torch.device(device))
@@ -264,8 +264,8 @@ def calibrate(
     (and the device's name) are the GPU's; collectives stay gloo's. `keep_collectives`: reuse
     the collective measurements of the existing profile NAME (refitted identically) and measure
     only compute and operator curves."""
-    from suite.launch import LocalWorld
-    from suite.runner import device_name
+    from suite.worlds.launch import LocalWorld
+    from suite.worlds.runner import device_name
 
     rows: list[dict] = []
     if keep_collectives:

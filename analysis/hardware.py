@@ -15,16 +15,18 @@ Every catalog number cites its source in a comment of the YAML (opcurves: a `sou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
 import yaml
 
+from analysis.collectives import Topology, load_collectives
+from analysis.execution import Execution, load_execution
 from analysis.opcurves import OpCurves, parse_curves
 
 HARDWARE_DIR = Path(__file__).resolve().parent.parent / "configs" / "hardware"
-CATALOGS = ("devices.yaml", "links.yaml", "collectives.yaml")
+CATALOGS = ("devices.yaml", "links.yaml", "collectives.yaml", "execution.yaml")
 OPCURVES_DIR = "opcurves"  # under the hardware directory: <device name>.yaml
 DTYPE_KEYS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}  # run dtype -> catalog key
 
@@ -85,6 +87,11 @@ class Profile:
     )
     cpu_cores: int | None = None  # CPU profiles: ranks beyond the cores share them
     opcurves: OpCurves | None = None  # operator efficiency curves (None: the device's peaks)
+    # GPU profiles: which link class (collectives.yaml) joins which GPUs; collectives are then
+    # priced as NCCL runs them (analysis.collectives) instead of alpha-beta on `intra_node`
+    topology: Topology | None = None
+    # GPU profiles: how the model runs (eager by default; `with_execution` for another mode)
+    execution: Execution | None = None
 
     def contention(self, world_size: int, threads_per_rank: int) -> float:
         """How much slower compute runs because ranks share cores (1 on GPUs), if every rank
@@ -205,7 +212,52 @@ def load_profile(name_or_path: str | Path, root: Path = HARDWARE_DIR) -> Profile
         curves=curves,
         cpu_cores=d.get("cpu_cores"),
         opcurves=_opcurves(d, device.name, path, root),
+        topology=_topology(d, path),
+        execution=load_execution("eager") if d.get("topology") is not None else None,
     )
+
+
+def with_execution(profile: Profile, mode: str) -> Profile:
+    """`profile` running in execution mode `mode` (eager, cuda_graphs, compile: execution.yaml);
+    a profile without a GPU topology (a CPU) has no execution modes: ValueError."""
+    if profile.topology is None:
+        raise ValueError(f"profile {profile.name} is not a GPU profile; it has no execution modes")
+    return replace(profile, execution=load_execution(mode))
+
+
+_TOPOLOGY_KEYS = {"intra", "sockets_per_node", "cross_socket", "inter_node", "nics_per_node"}
+
+
+def _topology(d: dict, path: Path) -> Topology | None:
+    """The profile's `topology:` mapping (link classes of collectives.yaml), checked."""
+    raw = d.get("topology")
+    if raw is None:
+        return None
+    unknown = set(raw) - _TOPOLOGY_KEYS
+    if unknown or "intra" not in raw:
+        raise ValueError(
+            f"{path}: topology needs 'intra' and takes {sorted(_TOPOLOGY_KEYS)}; got {sorted(raw)}"
+        )
+    topo = Topology(
+        gpus_per_node=int(d["gpus_per_node"]),
+        nodes=int(d.get("nodes", 1)),
+        intra=raw["intra"],
+        sockets_per_node=int(raw.get("sockets_per_node", 1)),
+        cross_socket=raw.get("cross_socket"),
+        inter_node=raw.get("inter_node"),
+        nics_per_node=int(raw.get("nics_per_node", 1)),
+    )
+    known = load_collectives()
+    for name in (topo.intra, topo.cross_socket, topo.inter_node):
+        if name is not None:
+            known.link(name)  # ValueError naming the known classes
+    if topo.gpus_per_node % topo.sockets_per_node:
+        raise ValueError(
+            f"{path}: {topo.gpus_per_node} GPUs do not split over {topo.sockets_per_node} sockets"
+        )
+    if topo.nodes > 1 and topo.inter_node is None:
+        raise ValueError(f"{path}: {topo.nodes} nodes need topology.inter_node")
+    return topo
 
 
 def _opcurves(d: dict, device: str, path: Path, root: Path) -> OpCurves | None:

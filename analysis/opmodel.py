@@ -188,19 +188,32 @@ def price(profile: Profile, ops: np.ndarray, dtype: str | None = None) -> Priced
     curves = profile.opcurves
     launch = curves.launch_s if curves is not None else 0.0
     asynchronous = curves is not None and curves.launch_async
-    exposed = np.maximum(launch - kernel, 0.0) if asynchronous else np.full(len(ops), launch)
     count = ops["count"].astype(float)
     sig = ops["sig"]
 
-    def total(per_call: np.ndarray) -> np.ndarray:
-        return np.bincount(sig, weights=count * per_call, minlength=n_sig)
+    def total(per_call) -> np.ndarray:
+        return np.bincount(
+            sig, weights=count * np.broadcast_to(per_call, len(ops)), minlength=n_sig
+        )
 
     compute_bound = t_c >= t_m
+    kernels = total(kernel)
+    ex = profile.execution
+    if asynchronous and ex is not None and ex.graphs:
+        overhead = total(ex.kernel_gap_s)  # a replayed graph: a small gap after every kernel
+    elif asynchronous and ex is not None:
+        # eager: kernels queue behind the host, so a segment (one signature, between two
+        # collectives) takes the longer of its kernels and its host time
+        overhead = np.maximum(total(launch + ex.op_host_s) - kernels, 0.0)
+    elif asynchronous:
+        overhead = total(np.maximum(launch - kernel, 0.0))  # per call: max(kernel, launch)
+    else:
+        overhead = total(launch)  # a CPU issues each call before running it
     return Priced(
-        time_s=total(kernel + exposed),
+        time_s=kernels + overhead,
         compute_bound_s=total(np.where(compute_bound, kernel, 0.0)),
         memory_bound_s=total(np.where(compute_bound, 0.0, kernel)),
-        launch_s=total(exposed),
+        launch_s=overhead,
     )
 
 

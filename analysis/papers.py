@@ -29,6 +29,17 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 PAPERS_DIR = ROOT / "papers"
 PAPER_CONFIGS_DIR = ROOT / "configs" / "papers"
+# How each paper ran its timed loops, as its rows' notes record it: DistriFusion with CUDA graphs
+# ("CUDA graphs on"), PipeFusion without ("no CUDA graphs by default"), xDiT's figures without
+# torch.compile ("latency without torch.compile"). The projection prices per-call costs in that
+# execution mode (configs/hardware/execution.yaml).
+PAPER_EXECUTION = {"distrifusion": "cuda_graphs", "pipefusion": "eager", "xdit": "eager"}
+
+
+def paper_execution(paper: str) -> str:
+    """The execution mode (execution.yaml) `paper` timed its rows in; eager when not recorded."""
+    return PAPER_EXECUTION.get(paper, "eager")
+
 
 COLUMNS = (
     "paper",

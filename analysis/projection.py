@@ -35,15 +35,18 @@ computation and communication, then re-cost each on other hardware):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from analysis import opmodel
+from analysis.collectives import collective_s, load_collectives
 from analysis.hardware import Profile
 from suite.distributed.comm import OPS
 from suite.distributed.mesh import AXES
@@ -95,8 +98,14 @@ def group_members(degrees: dict[str, int], rank: int, axis: str) -> list[int]:
     return [base + i * strides[axis] for i in range(degrees[axis])]
 
 
-def op_time(profile: Profile, op: str, nbytes: float, members: list[int]) -> float:
-    """Projected seconds of one collective on `profile` among global ranks `members`."""
+def op_time(
+    profile: Profile, op: str, nbytes: float, members: list[int], group: list[int] | None = None
+) -> float:
+    """Projected seconds of one collective on `profile` among global ranks `members` (`group`:
+    the axis group a send / recv pair belongs to, which tells how many pairs share a link).
+
+    A profile calibrated on its machine prices with its own measurements; a GPU profile with a
+    `topology` as NCCL runs the op (analysis.collectives); others with alpha-beta on its links."""
     p = len(members)
     curve = profile.curves.get((op, p))
     if curve is not None and curve[0][0] <= nbytes <= curve[0][-1]:
@@ -105,6 +114,8 @@ def op_time(profile: Profile, op: str, nbytes: float, members: list[int]) -> flo
     fit = profile.fits.get((op, p))
     if fit is not None:
         return fit.alpha_s + fit.beta_s_per_byte * nbytes
+    if profile.topology is not None:
+        return collective_s(profile.topology, load_collectives(), op, nbytes, members, group)
     nodes = {m // profile.gpus_per_node for m in members}
     link = profile.intra_node if len(nodes) == 1 else profile.inter_node
     if link is None:
@@ -153,10 +164,19 @@ def _actions(trace: RankTrace) -> list[tuple]:
 def simulate(
     traces: list[RankTrace],
     degrees: dict[str, int],
-    cost,  # (op, nbytes, members) -> seconds
+    cost,  # (op, nbytes, members, group) -> seconds
     compute_scale: float,
+    overlap_slowdown: float = 0.0,
+    call_host_s: float = 0.0,
 ) -> Projected:
-    """Re-time the ranks' loops together; see the module docstring for the model."""
+    """Re-time the ranks' loops together; see the module docstring for the model.
+
+    `overlap_slowdown`: the fraction by which compute slows while a collective of its rank moves
+    data beside it (NCCL's kernels take SMs and memory bandwidth): the compute a rank ran while
+    an async op it waits for was transferring (from the last member's arrival to the op's end)
+    is stretched by it.
+    `call_host_s`: host time each collective call costs its rank before the op is issued (eager
+    PyTorch; 0 with CUDA graphs)."""
     keys: dict[int, list] = {}
     for t in traces:
         counters: dict[tuple, int] = defaultdict(int)
@@ -177,6 +197,7 @@ def simulate(
     arrivals: dict[tuple, list[float]] = defaultdict(list)
     need: dict[tuple, int] = {}
     ends: dict[tuple, float] = {}
+    moving: dict[tuple, float] = {}  # when the op's data starts to move: its last member arrives
     sizes: dict[tuple, tuple] = {}
     state = {}
     for t in traces:
@@ -188,6 +209,7 @@ def simulate(
             "acts": _actions(t),
             "inflight": [],  # (start, end) of each op on the simulated clock
             "exposed": 0.0,
+            "slowed_to": 0.0,  # compute up to this time already paid its overlap slowdown
         }
 
     def finish(key) -> float | None:
@@ -195,8 +217,8 @@ def simulate(
             return ends[key]
         if len(arrivals[key]) < need[key]:
             return None
-        op, nbytes, members = sizes[key]
-        ends[key] = max(arrivals[key]) + cost(op, nbytes, members)
+        moving[key] = max(arrivals[key])
+        ends[key] = moving[key] + cost(*sizes[key])
         return ends[key]
 
     remaining = len(traces)
@@ -214,21 +236,11 @@ def simulate(
                     continue
                 e, key = t.events[i], keys[t.rank][i]
                 if ("arrived", i) not in st:
-                    st["T"] += max(0.0, t_meas - st["L"]) * compute_scale
+                    st["T"] += max(0.0, t_meas - st["L"]) * compute_scale + call_host_s
                     st["L"] = t_meas
-                    op = OPS[e["op"]]
-                    members = (
-                        [t.rank, int(e["peer"])]
-                        if op in ("send", "recv")
-                        else group_members(degrees, t.rank, AXES[e["axis"]])
-                    )
+                    sizes[key] = _op_args(e, t.rank, degrees)
                     arrivals[key].append(st["T"])
-                    need[key] = len(members)
-                    sizes[key] = (
-                        "send" if op in ("send", "recv") else op,
-                        float(e["nbytes"]),
-                        members,
-                    )
+                    need[key] = len(sizes[key][2])
                     st[("arrived", i)] = st["T"]
                     progressed = True
                     if kind == "issue":
@@ -240,6 +252,11 @@ def simulate(
                 st["inflight"].append((st[("arrived", i)], end))
                 if kind == "wait":  # compute ran until the wait point
                     st["T"] += max(0.0, t_meas - st["L"]) * compute_scale
+                    if overlap_slowdown:
+                        start = max(moving[key], st["slowed_to"])
+                        overlap = max(0.0, min(end, st["T"]) - start)
+                        st["T"] += overlap * overlap_slowdown
+                        st["slowed_to"] = max(st["slowed_to"], min(end, st["T"]))
                 before = st["T"]
                 st["T"] = max(st["T"], end)
                 st["exposed"] += st["T"] - before
@@ -273,12 +290,16 @@ def _inflight_s(intervals: list[tuple[float, float]], end: float) -> float:
     return float(covered_s(starts, ends, 0.0, end))
 
 
-def _op_args(e: np.ndarray, rank: int, degrees: dict[str, int]) -> tuple[str, float, list[int]]:
-    """(op for the cost model, nbytes, global ranks taking part) of one ledger event."""
+def _op_args(
+    e: np.ndarray, rank: int, degrees: dict[str, int]
+) -> tuple[str, float, list[int], list[int]]:
+    """(op for the cost model, nbytes, global ranks taking part, their axis group) of one ledger
+    event; a send / recv is priced once per pair, as a send."""
     op = OPS[e["op"]]
+    group = group_members(degrees, rank, AXES[e["axis"]])
     if op in ("send", "recv"):
-        return "send", float(e["nbytes"]), [rank, int(e["peer"])]
-    return op, float(e["nbytes"]), group_members(degrees, rank, AXES[e["axis"]])
+        return "send", float(e["nbytes"]), [rank, int(e["peer"])], group
+    return op, float(e["nbytes"]), group, group
 
 
 def comm_busy_s(traces: list[RankTrace], degrees: dict[str, int], cost) -> float:
@@ -316,7 +337,7 @@ def measured_sharing(
             traces.append(RankTrace(r, st, ev))
             blocked = float((ev["t_wait_end"] - ev["t_wait_start"]).sum())
             busy += (float((st["t_end"] - st["t_start"]).sum()) - blocked) * threads_per_rank
-        busy += comm_busy_s(traces, degrees, lambda op, n, m: op_time(source, op, n, m))
+        busy += comm_busy_s(traces, degrees, lambda *args: op_time(source, *args))
         wall += max(float(t.steps["t_end"].max()) for t in traces) - min(
             float(t.steps["t_start"].min()) for t in traces
         )
@@ -363,10 +384,14 @@ def _median(results: list[tuple[Projected, tuple | None]]) -> tuple[Projected, t
 
 
 def _run_loop(traces, degrees, target: Profile, scale: float, threads_per_rank: int) -> Projected:
-    cost = lambda op, n, m: op_time(target, op, n, m)  # noqa: E731
+    cost = lambda *args: op_time(target, *args)  # noqa: E731
     if target.cpu_cores:
         return simulate_shared(traces, degrees, cost, scale, target.cpu_cores, threads_per_rank)[0]
-    return simulate(traces, degrees, cost, scale)
+    # on GPUs NCCL's kernels slow the compute they overlap (a CPU target's core sharing covers
+    # its own case); see collectives.yaml `overlap_slowdown` for the sources
+    slowdown = load_collectives().overlap_slowdown if target.topology is not None else 0.0
+    host = target.execution.collective_host_s if target.execution is not None else 0.0
+    return simulate(traces, degrees, cost, scale, slowdown, host)
 
 
 def _scaled_bytes(events: np.ndarray, byte_scale: float) -> np.ndarray:
@@ -505,7 +530,15 @@ def _equal(column: pd.Series, value) -> pd.Series:
 
 
 def _is_analytic(run, trace) -> bool:
-    return run.world_mode == "analytic" and "ops" in trace.files
+    return run.world_mode == "analytic" and "ops" in trace
+
+
+@functools.lru_cache(maxsize=256)
+def load_trace(path: Path) -> dict[str, np.ndarray]:
+    """A run's trace.npz, every array decompressed once (an NpzFile decompresses an array at
+    each access) and kept for the next projection of the same run."""
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
 
 
 class StoreTraces:
@@ -519,7 +552,7 @@ class StoreTraces:
 
     def trace(self, run):
         if run.run_id not in self._traces:
-            self._traces[run.run_id] = np.load(self.root / run.output_dir / "trace.npz")
+            self._traces[run.run_id] = load_trace(self.root / run.output_dir / "trace.npz")
         return self._traces[run.run_id]
 
     def twin(self, run):
@@ -646,7 +679,8 @@ def project_one(ctx: StoreTraces, run, target: Profile, dtype: str | None, scale
             )
     return {"run_id": run.run_id, "hardware": target.name, "latency_s": p.latency_s,
             "compute_s": p.compute_s, "comm_s": p.comm_s, "exposed_comm_s": p.exposed_comm_s,
-            "projected_dtype": key, "compute_model": model, **shares(p, split)}  # fmt: skip
+            "projected_dtype": key, "compute_model": model, **shares(p, split),
+            "execution": target.execution.mode if target.execution is not None else None}  # fmt: skip
 
 
 def project_store(
@@ -655,6 +689,7 @@ def project_store(
     source: str,
     dtype: str | None = None,
     anchor: float | str | None = None,
+    execution: str | None = None,
 ) -> list[dict]:
     """Project every ok run of a results store onto each profile in `hardware`.
 
@@ -663,17 +698,27 @@ def project_store(
     priced in bf16, collective payloads halved). `anchor` (one target only): a latency in
     seconds, or the run_id of a stored single-device run measured on the target; the target's
     compute time is scaled by one factor so that the store's single-device run of that workload
-    projects to exactly that latency. Rows go to the `projection` table (replacing earlier
-    projections of the same run and profile) and are returned; runs a profile cannot hold are
-    skipped. ProjectionInputError for what the user must change.
+    projects to exactly that latency. `execution` (GPU profiles): eager (default), cuda_graphs
+    or compile. Rows go to the `projection` table, replacing only an earlier projection of the
+    same run, profile, dtype, anchor and execution (other variants stay beside them), and are
+    returned; runs a profile cannot hold are skipped. ProjectionInputError for what the user
+    must change.
     """
     from pathlib import Path
 
-    from analysis.hardware import load_profile
+    from analysis.hardware import load_profile, with_execution
     from suite.store.results import ResultStore
 
     src = load_profile(source)
     targets = [load_profile(h) for h in hardware]
+    if execution is not None:
+        cpu = [t.name for t in targets if t.topology is None]
+        if cpu:
+            raise ProjectionInputError(
+                f"--execution {execution}: {', '.join(cpu)} is not a GPU profile (no topology); "
+                "execution modes are for GPU profiles"
+            )
+        targets = [with_execution(t, execution) for t in targets]
     key = opmodel.dtype_key(dtype) if dtype else None
     if key:
         for t in targets:
@@ -697,10 +742,11 @@ def project_store(
                     continue
                 row = project_one(ctx, run, target, key, scale)
                 row.update(anchored_to=anchored_to, anchor_scale=scale)
+                variant = {k: row[k] for k in ("projected_dtype", "anchored_to", "execution")}
                 store.save_rows(
                     "projection",
                     [row],
-                    replace_where={"run_id": run.run_id, "hardware": target.name},
+                    replace_where={"run_id": run.run_id, "hardware": target.name, **variant},
                 )
                 rows.append(row)
     return rows

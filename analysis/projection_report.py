@@ -41,7 +41,9 @@ def _label(row) -> str:
     """'<profile>, <dtype>[, anchored]': how every projected number is named on the page."""
     dtype = row.projected_dtype if isinstance(row.projected_dtype, str) else row.dtype
     anchored = ", anchored" if isinstance(row.anchored_to, str) and row.anchored_to else ""
-    return f"{row.hardware}, {dtype}{anchored}"
+    ex = getattr(row, "execution", None)
+    mode = f", {ex}" if isinstance(ex, str) and ex != "eager" else ""
+    return f"{row.hardware}, {dtype}{mode}{anchored}"
 
 
 def validation(db_path: str | Path, source: str) -> pd.DataFrame:
@@ -63,9 +65,17 @@ def validation(db_path: str | Path, source: str) -> pd.DataFrame:
     )
     real = ok[ok["world_mode"] == "real"]
     both = twins.merge(real, on=MATCH, suffixes=("", "_real"))
-    out = both[["workload", "strategy", "world_size", "world_mode", "latency_s", "latency_s_real"]]
-    names = {"world_mode": "projected_from", "latency_s": "projected_latency_s"}
-    out = out.rename(columns={**names, "latency_s_real": "measured_latency_s"})
+    cols = ["workload", "strategy", "world_size", "world_mode", "latency_s", "latency_s_real",
+            "exposed_comm_s", "exposed_comm_s_real", "comm_s", "comm_s_real"]  # fmt: skip
+    out = both[cols].copy()
+    names = {"world_mode": "projected_from", "latency_s": "projected_latency_s",
+             "exposed_comm_s": "projected_exposed_comm_s", "comm_s": "projected_comm_s"}  # fmt: skip
+    out = out.rename(columns={**names, "latency_s_real": "measured_latency_s",
+                              "exposed_comm_s_real": "measured_exposed_comm_s",
+                              "comm_s_real": "measured_comm_s"})  # fmt: skip
+    for side in ("projected", "measured"):  # share of communication hidden behind compute
+        comm, exposed = out[f"{side}_comm_s"], out[f"{side}_exposed_comm_s"]
+        out[f"{side}_overlap_pct"] = (100 * (1 - exposed / comm)).where(comm > 0)
     out["error_pct"] = (
         100 * (out["projected_latency_s"] - out["measured_latency_s"]) / out["measured_latency_s"]
     )

@@ -271,7 +271,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
     ResultStore(db, read_only=True).close()  # a damaged store: StoreError before any write
     with DirectoryLock(db.parent):  # one writer: not while a sweep or fidelity writes
         try:
-            rows = project_store(db, names, args.source, args.dtype, anchor)
+            rows = project_store(db, names, args.source, args.dtype, anchor, args.execution)
         except ProjectionInputError as e:  # an anchor the store lacks, a dtype a run cannot use
             return _errors([str(e)])
     print(f"{len(rows)} projections (PROJECTED, not measured) -> {db} table 'projection'")
@@ -489,6 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         help="dtype on the target (default: the run's): fp32, tf32, fp16, bf16; compute priced "
         "in it, collective payloads rescaled by its element size",
+    )
+    proj.add_argument(
+        "--execution",
+        choices=("eager", "cuda_graphs", "compile"),
+        help="how the GPU runs the model (default eager): per-call host costs of eager PyTorch, "
+        "or CUDA graphs replayed (compile: reduce-overhead mode, fusion not modelled); a "
+        "projection per mode is kept beside the others",
     )
     proj.add_argument(
         "--anchor",

@@ -106,20 +106,33 @@ def _profiles(rows: pd.DataFrame) -> list[str]:
 
 
 def ours_table(
-    db: Path, rows: pd.DataFrame, anchor: bool, stages: _Stages, run_ids: set[str]
+    db: Path,
+    rows: pd.DataFrame,
+    anchor: bool,
+    stages: _Stages,
+    run_ids: set[str],
+    execution=None,
 ) -> pd.DataFrame:
     """The ok runs `run_ids` of the store projected on each profile the paper's `rows` name:
-    loop, text and VAE seconds, link share; anchored copies when `anchor`."""
-    from analysis.hardware import load_profile
+    loop, text and VAE seconds, link share; anchored copies when `anchor`. `execution` (an
+    analysis.execution.Execution) replaces the paper's own mode: the fit of its constants."""
+    from analysis.hardware import load_profile, with_execution
     from analysis.paper_match import STAGES, same_workload
+    from analysis.papers import paper_execution
     from analysis.projection import StoreTraces, project_one
     from suite.store.results import ResultStore
 
     out = []
+    # the paper's own way of running (eager, CUDA graphs), priced per call on every profile
+    mode = paper_execution(rows["paper"].iloc[0]) if len(rows) else "eager"
     with ResultStore(db, read_only=True) as store:
         ctx = StoreTraces(store, load_profile("local-cpu"))
         runs = ctx.runs[(ctx.runs["world_mode"] == "analytic") & ctx.runs["run_id"].isin(run_ids)]
-        profiles = {name: load_profile(name) for name in _profiles(rows)}  # read once
+        profiles = {  # read once
+            name: with_execution(load_profile(name), mode) for name in _profiles(rows)
+        }
+        if execution is not None:
+            profiles = {n: replace(p, execution=execution) for n, p in profiles.items()}
         for name, profile in profiles.items():
             for run in runs.itertuples():
                 if int(run.world_size) > profile.world_size:

@@ -218,6 +218,13 @@ PROJECTION: tuple[Column, ...] = (
     ),
     Column("anchor_scale", "REAL", "factor applied to the target's compute time (1: unanchored)"),
     Column(
+        "execution",
+        "TEXT",
+        "how the target runs the model (GPU profiles): eager, cuda_graphs or compile "
+        "(configs/hardware/execution.yaml); empty for a CPU profile. With hardware, "
+        "projected_dtype and anchored_to it keys a projection: variants sit side by side",
+    ),
+    Column(
         "compute_bound_pct",
         "REAL",
         "share of the critical path (slowest rank) in compute-bound operators; empty without an "

@@ -310,7 +310,13 @@ def test_anchor_reproduces_the_anchor_latency_exactly(tmp_path):
 
     with ResultStore(db, read_only=True) as store:
         table = store.table("projection")
-    assert len(table) == 3 and set(table["anchored_to"]) == {"run r1 (0.0045 s)"}
+    # each anchor is a variant of its own: both sit in the table, three runs each
+    assert len(table) == 6 and set(table["anchored_to"]) == {"0.006 s", "run r1 (0.0045 s)"}
+    project_store(db, [prof], source=prof, anchor="r1")  # the same variant again: replaced
+    project_store(db, [prof], source=prof)  # and the unanchored one beside them
+    with ResultStore(db, read_only=True) as store:
+        table = store.table("projection")
+    assert len(table) == 9 and table["anchored_to"].isna().sum() == 3
 
 
 def test_measured_run_without_a_twin_uses_the_matmul_curves(tmp_path):
@@ -449,3 +455,42 @@ def test_local_cpu_profile_prices_what_it_measured():
     assert "fp32" in opmodel.dtypes(prof)
     assert not prof.opcurves.launch_async  # a CPU pays the call overhead before each kernel
     assert isinstance(OpCurves, type)
+
+
+def test_execution_modes_price_host_time_per_call():
+    from analysis.execution import Execution
+
+    # one segment: a 1 s GEMM then 1000 tiny copies (1 kB at 1 GB/s: 1 us each)
+    curves = {**CURVES, "launch": {"us": 5.0, "async": True}}
+    ops = _ops((0, "matmul", "float32", 1, 1e12, 1e3), (0, "memory", "float32", 1000, 0.0, 1e3))
+    kernels = 1.0 + 1000 * 1e-6
+    per_op = price(_profile(curves), ops)  # no execution mode: each call max(kernel, launch)
+    assert per_op.time_s[0] == pytest.approx(1.0 + 1000 * 5e-6)
+    # eager: the host issues 1001 calls at 5 + 995 us each (~1.0 s) while the GPU runs 1.001 s
+    # of kernels: they queue, and the segment takes the longer of the two
+    eager = _profile(curves, execution=Execution("eager", op_host_s=995e-6))
+    assert price(eager, ops).time_s[0] == pytest.approx(max(kernels, 1001 * 1000e-6))
+    slow_host = _profile(curves, execution=Execution("eager", op_host_s=1995e-6))
+    assert price(slow_host, ops).time_s[0] == pytest.approx(1001 * 2000e-6)
+    assert price(slow_host, ops).launch_s[0] == pytest.approx(1001 * 2000e-6 - kernels)
+    # CUDA graphs: no host time, a 1 us gap after each kernel
+    graphs = _profile(curves, execution=Execution("cuda_graphs", kernel_gap_s=1e-6))
+    assert price(graphs, ops).time_s[0] == pytest.approx(kernels + 1001 * 1e-6)
+
+
+def test_each_collective_call_costs_its_host_time_in_eager_mode():
+    from analysis.projection import RankTrace, simulate
+
+    ev = np.zeros(1, dtype=EVENT_DTYPE)
+    ev["op"], ev["axis"], ev["group_size"], ev["peer"] = (
+        OPS.index("all_reduce"),
+        AXES.index("tensor"),
+        2,
+        -1,
+    )
+    ev["nbytes"], ev["t_issue"], ev["t_done"], ev["t_wait_start"], ev["t_wait_end"] = 8, 1, 1, 1, 1
+    steps = np.array([(0, 0, 0.0, 2.0)], dtype=STEP_DTYPE)
+    traces = [RankTrace(r, steps, ev) for r in (0, 1)]
+    base = simulate(traces, {"tensor": 2}, lambda *a: 0.0, 1.0)
+    eager = simulate(traces, {"tensor": 2}, lambda *a: 0.0, 1.0, call_host_s=1e-3)
+    assert eager.latency_s - base.latency_s == pytest.approx(1e-3)

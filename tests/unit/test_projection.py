@@ -108,7 +108,7 @@ def test_timeline_sync_async_hidden_and_async_exposed():
     )
     traces = [RankTrace(0, _steps((0.0, 3.0)), r0), RankTrace(1, _steps((0.0, 3.0)), r1)]
     # every op costs 0.5 s on the target; compute runs 2x slower there
-    p = simulate(traces, {"patch": 2}, lambda op, n, m: 0.5, compute_scale=2.0)
+    p = simulate(traces, {"patch": 2}, lambda op, n, m, g=None: 0.5, compute_scale=2.0)
     # Hand-computed: all_reduce starts when rank 1 arrives (T=3.0), ends 3.5. Rank 0 then
     # computes 0.8 s measured -> 1.6 (T=5.1) and issues the gather; rank 1 issues at 4.5; the
     # gather ends 5.6. Rank 0 computes until its wait at 6.9 (hidden); rank 1 waits 4.7 -> 5.6
@@ -124,7 +124,7 @@ def test_point_to_point_pairs_send_with_receive():
     r0 = _ev("send", "pipefusion", 1.0, 1.0, 1.0, 1.0, False, peer=1)
     r1 = _ev("recv", "pipefusion", 0.0, 1.0, 0.0, 1.0, False, peer=0)
     traces = [RankTrace(0, _steps((0.0, 1.0)), r0), RankTrace(1, _steps((0.0, 2.0)), r1)]
-    p = simulate(traces, {"pipefusion": 2}, lambda op, n, m: 0.25, compute_scale=1.0)
+    p = simulate(traces, {"pipefusion": 2}, lambda op, n, m, g=None: 0.25, compute_scale=1.0)
     # the transfer starts when the sender arrives (1.0) and takes 0.25; rank 1 then computes
     # the 1 s it measured after its receive
     assert p.latency_s == pytest.approx(2.25)
@@ -136,7 +136,7 @@ def test_unmatched_collectives_are_reported():
     r0 = _ev("all_reduce", "patch", 0.5, 0.6, 0.5, 0.6, False)
     traces = [RankTrace(0, _steps((0.0, 1.0)), r0), RankTrace(1, _steps((0.0, 1.0)), r0[:0])]
     with pytest.raises(ProjectionError, match="unmatched"):
-        simulate(traces, {"patch": 2}, lambda op, n, m: 0.1, compute_scale=1.0)
+        simulate(traces, {"patch": 2}, lambda op, n, m, g=None: 0.1, compute_scale=1.0)
 
 
 def test_calibrated_curve_is_interpolated_inside_its_range_and_fit_outside():
@@ -157,9 +157,9 @@ def test_calibrated_curve_is_interpolated_inside_its_range_and_fit_outside():
 def test_ranks_computing_at_once_share_the_cores():
     # two ranks compute 1 s each at the same time: on one core each runs at half speed
     traces = [RankTrace(r, _steps((0.0, 1.0)), np.zeros(0, dtype=EVENT_DTYPE)) for r in (0, 1)]
-    p, share = simulate_shared(traces, {"data": 2}, lambda op, n, m: 0.0, 1.0, cores=1)
+    p, share = simulate_shared(traces, {"data": 2}, lambda op, n, m, g=None: 0.0, 1.0, cores=1)
     assert share == pytest.approx(2.0) and p.latency_s == pytest.approx(2.0)
-    p, share = simulate_shared(traces, {"data": 2}, lambda op, n, m: 0.0, 1.0, cores=2)
+    p, share = simulate_shared(traces, {"data": 2}, lambda op, n, m, g=None: 0.0, 1.0, cores=2)
     assert share == 1.0 and p.latency_s == pytest.approx(1.0)
 
 
@@ -170,7 +170,9 @@ def test_a_rank_waiting_in_a_pipeline_bubble_frees_its_core():
     r0 = _ev("send", "pipefusion", 1.0, 1.0, 1.0, 1.0, False, peer=1)
     r1 = _ev("recv", "pipefusion", 0.0, 1.0, 0.0, 1.0, False, peer=0)
     traces = [RankTrace(0, _steps((0.0, 1.0)), r0), RankTrace(1, _steps((0.0, 2.0)), r1)]
-    p, share = simulate_shared(traces, {"pipefusion": 2}, lambda op, n, m: 0.0, 1.0, cores=1)
+    p, share = simulate_shared(
+        traces, {"pipefusion": 2}, lambda op, n, m, g=None: 0.0, 1.0, cores=1
+    )
     assert share == pytest.approx(1.0, rel=1e-3)
     assert p.latency_s == pytest.approx(2.0, rel=1e-3)
 
@@ -181,7 +183,9 @@ def test_communication_keeps_both_sides_busy():
     r0 = _ev("send", "pipefusion", 1.0, 1.0, 1.0, 1.0, False, peer=1)
     r1 = _ev("recv", "pipefusion", 0.0, 1.0, 0.0, 1.0, False, peer=0)
     traces = [RankTrace(0, _steps((0.0, 1.0)), r0), RankTrace(1, _steps((0.0, 2.0)), r1)]
-    p, share = simulate_shared(traces, {"pipefusion": 2}, lambda op, n, m: 1.0, 1.0, cores=1)
+    p, share = simulate_shared(
+        traces, {"pipefusion": 2}, lambda op, n, m, g=None: 1.0, 1.0, cores=1
+    )
     # with share s: latency 2s + 1, busy 2s (compute) + 2 (both sides of the transfer), so
     # s = (2s + 2) / (2s + 1) -> 2s^2 - s - 2 = 0 -> s = (1 + sqrt(17)) / 4
     s = (1 + 17**0.5) / 4
@@ -260,3 +264,18 @@ def test_validation_matches_fake_and_analytic_twins_of_real_runs(tmp_path):
         ("analytic", "ulysses"): (0.8, 1.0, pytest.approx(-20.0)),
         ("fake", "ulysses"): (1.1, 1.0, pytest.approx(10.0)),
     }
+
+
+def test_compute_overlapping_an_async_op_is_slowed_by_it():
+    # one rank pair: each computes 0-1, issues an async all_gather at 1, computes to 3 and waits
+    # (the op, 1 s on the target, is hidden); with a 20% slowdown the 1 s of compute that ran
+    # beside it takes 1.2 s
+    ev = _ev("all_gather", "patch", 1.0, 2.0, 3.0, 3.0, True)
+    traces = [RankTrace(r, _steps((0.0, 3.0)), ev) for r in (0, 1)]
+    plain = simulate(traces, {"patch": 2}, lambda op, n, m, g=None: 1.0, compute_scale=1.0)
+    slowed = simulate(
+        traces, {"patch": 2}, lambda op, n, m, g=None: 1.0, compute_scale=1.0, overlap_slowdown=0.2
+    )
+    assert plain.latency_s == pytest.approx(3.0)
+    assert slowed.latency_s == pytest.approx(3.2)
+    assert slowed.exposed_comm_s == pytest.approx(0.0)

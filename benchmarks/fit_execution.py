@@ -31,7 +31,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from analysis.execution import EXECUTION_FILE, Execution  # noqa: E402
+from analysis.execution import EXECUTION_FILE, Execution, load_execution  # noqa: E402
 from analysis.paper_match import compare  # noqa: E402
 from analysis.paper_validation import fit_keys, load_split, row_key  # noqa: E402
 from analysis.papers import load_papers, paper_execution  # noqa: E402
@@ -140,13 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = papers[papers["experiment"] == exp]
             if not rows["metric"].eq("latency_s").any():
                 continue
-            if mode != "eager":  # the eager constants do not touch a paper timed otherwise
-                from analysis.execution import load_execution
-
-                ex_p = load_execution(mode)
-            else:
-                ex_p = ex
-            comp = _latency_errors(exp, rows, db, ex_p)
+            # the eager constants do not touch a paper timed otherwise
+            comp = _latency_errors(exp, rows, db, ex if mode == "eager" else load_execution(mode))
             errs.append(comp[comp["devices"] > 1])
         errs = pd.concat(errs) if errs else pd.DataFrame({"error_pct": []})
         lopo.append({"held-out paper": paper, "its mode": mode, "op_host_us": o,

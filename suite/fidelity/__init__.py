@@ -4,4 +4,7 @@
 - `backbones`: the pretrained networks LPIPS and FID need, from local weights or a download;
 - `images`: a run's final latents to saved PNGs, and back;
 - `score`: fill the store's `fidelity` table (each run vs its baseline, vs ground truth).
+
+May import `suite.store` and `workloads` (the VAE that decodes latents); `suite.worlds` writes
+a run's images through it.
 """

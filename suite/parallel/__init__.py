@@ -15,6 +15,9 @@ CFG branch), and each part's denoiser calls the one of the parts inside it.
 Importing this package loads no torch: the registry (registry.py) and every strategy's
 validation (checks.py) are plain data and functions, so configs are checked in milliseconds.
 A strategy's `apply` is a "module:function" path, imported when a rank first applies it.
+
+May import `suite.distributed` (the mesh, the ledger) and `workloads`; `suite.config` reads its
+registry and checks to validate configs, `suite.worlds` applies the strategies.
 """
 
 from __future__ import annotations

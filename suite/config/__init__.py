@@ -10,22 +10,5 @@ diffusers.
 The names below are the config's public API (`from suite.config import load_config`).
 """
 
-from suite.config.experiment import (
-    ConfigError,
-    ExperimentConfig,
-    FidelitySettings,
-    RunSpec,
-    Settings,
-    load_config,
-    parse_config,
-)
-
-__all__ = [
-    "ConfigError",
-    "ExperimentConfig",
-    "FidelitySettings",
-    "RunSpec",
-    "Settings",
-    "load_config",
-    "parse_config",
-]
+from suite.config.experiment import *  # noqa: F403 - the old module's names, one list
+from suite.config.experiment import __all__  # noqa: F401
